@@ -1,0 +1,345 @@
+"""Typed run configuration: YAML -> frozen pydantic models, one per section.
+
+Every field has a default and a description, which is where each default is documented.
+Unknown keys fail with the file, the key path and the closest valid key; wrong types name the
+expected type. `load_config(path, overrides)` applies dotted overrides (`{"train.epochs": 3}`)
+before validation, and `dump_config` writes YAML that loads back to an equal object.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from detseg.errors import DetsegError
+
+__all__ = [
+    "AugmentConfig",
+    "Config",
+    "DataConfig",
+    "EvalConfig",
+    "ModelConfig",
+    "PredictConfig",
+    "ShapesConfig",
+    "SplitConfig",
+    "TrainConfig",
+    "YoloConfig",
+    "dump_config",
+    "load_config",
+    "parse_override",
+]
+
+
+class _Section(BaseModel):
+    """Base of every section: immutable, and unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# === Data ===
+
+
+class ShapesConfig(_Section):
+    """Parameters of the built-in generated shapes dataset (`data.builtin: shapes`)."""
+
+    num_train: int = Field(800, ge=1, description="Number of generated training images.")
+    num_val: int = Field(100, ge=1, description="Number of generated validation images.")
+    image_size: int = Field(320, ge=32, description="Side of the square generated images, in pixels.")
+    min_objects: int = Field(0, ge=0, description="Fewest shapes drawn on one image.")
+    max_objects: int = Field(8, ge=0, description="Most shapes drawn on one image.")
+    min_size: int = Field(16, ge=4, description="Smallest shape size (bounding-box side), in pixels.")
+    max_size: int = Field(96, ge=4, description="Largest shape size (bounding-box side), in pixels.")
+    seed: int = Field(0, description="Seed of the generator: the same seed gives the same images.")
+    video_frames: int = Field(0, ge=0, description="Frames of the moving-shapes MP4 to write (0: none).")
+
+
+class SplitConfig(_Section):
+    """Where one split's annotations and images are. Relative paths resolve against `data.root`."""
+
+    annotations: str | None = Field(
+        None, description="Annotation file or folder (COCO/VIA JSON, VOC XML folder, YOLO labels folder, mask folder)."
+    )
+    images: str | None = Field(None, description="Image folder of this split.")
+    split: str | None = Field(
+        None, description="Split name inside a devkit layout (VOC `ImageSets/Main/<split>.txt`)."
+    )
+
+
+class DataConfig(_Section):
+    """The dataset: a built-in generator or files in one of the supported annotation formats."""
+
+    builtin: Literal["shapes"] | None = Field(
+        None, description="Use a built-in generated dataset instead of files ('shapes')."
+    )
+    shapes: ShapesConfig = Field(default_factory=ShapesConfig, description="Shapes generator parameters.")
+    format: Literal["coco", "voc", "yolo", "via", "masks", "imagefolder"] = Field(
+        "coco", description="Annotation format of the files."
+    )
+    root: str | None = Field(None, description="Dataset root; relative split paths resolve against it.")
+    train: SplitConfig = Field(default_factory=SplitConfig, description="Training split.")
+    val: SplitConfig = Field(default_factory=SplitConfig, description="Validation split.")
+    test: SplitConfig = Field(default_factory=SplitConfig, description="Test split (optional).")
+    names: list[str] | None = Field(
+        None, description="Class names in label order (required for YOLO txt and masks; else read from the annotations)."
+    )
+    cache_dir: str = Field(
+        ".cache/detseg", description="Where generated datasets are written once and then reused."
+    )
+    workers: int = Field(2, ge=0, description="Parallel loader workers (0: load in the main thread).")
+    use_multiprocessing: bool = Field(
+        False, description="Loader workers as processes instead of threads."
+    )
+
+
+# === Model ===
+
+
+class YoloConfig(_Section):
+    """Options of the YOLOv3-style anchor head."""
+
+    levels: list[str] = Field(
+        ["P3", "P4", "P5"], description="Backbone pyramid levels the head predicts on (two for tiny models)."
+    )
+    anchors: Literal["auto"] | list[list[float]] = Field(
+        "auto",
+        description=(
+            "Prior boxes [[w, h], ...] in input pixels, smallest first, len(levels) x anchors_per_level of them; "
+            "'auto' fits them with k-means on the training boxes. YOLOv3's COCO anchors at 416 px: "
+            "[[10,13],[16,30],[33,23],[30,61],[62,45],[59,119],[116,90],[156,198],[373,326]]."
+        ),
+    )
+    anchors_per_level: int = Field(3, ge=1, description="Anchors predicted at every grid cell of a level.")
+    width: float = Field(1.0, gt=0, description="Channel multiplier of the neck and head.")
+    depth: int = Field(1, ge=1, description="Conv pairs in each neck stage (YOLOv3 uses 2-3).")
+    assign_thresh: float = Field(
+        0.0, ge=0, le=1, description="Also assign a box to every other anchor whose shape IoU exceeds this (0: best only)."
+    )
+    ignore_thresh: float = Field(
+        0.5, ge=0, le=1, description="Predictions overlapping a ground truth above this IoU are not penalised as background."
+    )
+    box_loss: Literal["yolov3", "ciou", "giou"] = Field("ciou", description="Box regression loss.")
+    box_weight: float = Field(5.0, ge=0, description="Weight of the box loss.")
+    obj_weight: float = Field(1.0, ge=0, description="Weight of the objectness loss.")
+    cls_weight: float = Field(1.0, ge=0, description="Weight of the classification loss.")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Class label smoothing.")
+
+
+class ModelConfig(_Section):
+    """What to build: the task head, its backbone and the input size."""
+
+    kind: Literal["yolov3", "classifier"] = Field("yolov3", description="Task head to build.")
+    backbone: str = Field(
+        "darknet_tiny", description="Backbone name from detseg.backbones.BACKBONES, or 'applications:<name>'."
+    )
+    backbone_width: float = Field(1.0, gt=0, description="Channel multiplier of the backbone, where it has one.")
+    weights: str | None = Field(
+        None, description="Backbone weights: null (random), 'imagenet' (keras.applications), or a local .weights.h5 file."
+    )
+    input_size: int = Field(320, ge=32, description="Square model input side in pixels; a multiple of 32.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout before a classifier's output layer.")
+    yolo: YoloConfig = Field(default_factory=YoloConfig, description="YOLO head options (kind: yolov3).")
+
+    @field_validator("input_size")
+    @classmethod
+    def _input_multiple_of_32(cls, value: int) -> int:
+        if value % 32:
+            raise ValueError("must be a multiple of 32")
+        return value
+
+
+# === Training ===
+
+
+class AugmentConfig(_Section):
+    """Training augmentation (albumentations); box- and mask-aware."""
+
+    hflip: float = Field(0.5, ge=0, le=1, description="Probability of a horizontal flip.")
+    vflip: float = Field(0.0, ge=0, le=1, description="Probability of a vertical flip.")
+    scale: list[float] = Field([0.75, 1.25], min_length=2, max_length=2, description="Affine zoom range.")
+    translate: float = Field(0.1, ge=0, le=0.5, description="Affine shift, as a fraction of the side.")
+    rotate: float = Field(0.0, ge=0, le=180, description="Affine rotation range in degrees (+/-).")
+    affine_p: float = Field(0.5, ge=0, le=1, description="Probability of the affine transform.")
+    crop_p: float = Field(0.0, ge=0, le=1, description="Probability of a random-sized bbox-safe crop.")
+    brightness: float = Field(0.2, ge=0, description="Colour jitter: brightness range.")
+    contrast: float = Field(0.2, ge=0, description="Colour jitter: contrast range.")
+    saturation: float = Field(0.2, ge=0, description="Colour jitter: saturation range.")
+    hue: float = Field(0.02, ge=0, le=0.5, description="Colour jitter: hue range.")
+    color_p: float = Field(0.5, ge=0, le=1, description="Probability of the colour jitter.")
+    blur_p: float = Field(0.0, ge=0, le=1, description="Probability of a small blur.")
+    mosaic_p: float = Field(0.0, ge=0, le=1, description="Probability of a 4-image mosaic.")
+    min_visibility: float = Field(
+        0.3, ge=0, le=1, description="Boxes keeping less than this fraction of their area after a transform are dropped."
+    )
+    min_area: float = Field(4.0, ge=0, description="Boxes smaller than this area (px^2) after a transform are dropped.")
+    albumentations: dict[str, Any] | None = Field(
+        None, description="Advanced: a full pipeline in albumentations' own to_dict() form; replaces the fields above."
+    )
+
+
+class TrainConfig(_Section):
+    """How to train: schedule, optimiser, augmentation and run bookkeeping."""
+
+    epochs: int = Field(30, ge=1, description="Training epochs.")
+    batch_size: int = Field(16, ge=1, description="Images per batch.")
+    optimizer: Literal["adam", "adamw", "sgd"] = Field("adamw", description="Optimiser.")
+    lr: float = Field(2e-3, gt=0, description="Peak learning rate.")
+    weight_decay: float = Field(5e-4, ge=0, description="Weight decay (adamw, sgd).")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
+    schedule: Literal["constant", "cosine"] = Field("cosine", description="Learning-rate schedule after warm-up.")
+    warmup_epochs: float = Field(1.0, ge=0, description="Linear learning-rate warm-up, in epochs.")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig, description="Augmentation of training images.")
+    seed: int = Field(0, description="Seed of weights init, shuffling and augmentation.")
+    mixed_precision: bool = Field(False, description="Train in mixed_float16/bfloat16 where the device supports it.")
+    resume: bool = Field(False, description="Continue from the run folder's last.keras.")
+    freeze_backbone_epochs: int = Field(
+        0, ge=0, description="Train the head with the backbone frozen for this many epochs, then unfreeze."
+    )
+    finetune_lr: float | None = Field(
+        None, gt=0, description="Learning rate after unfreezing the backbone (default: lr / 10)."
+    )
+    eval_every: int = Field(1, ge=1, description="Evaluate mAP on the validation split every N epochs.")
+    time_limit: float | None = Field(
+        None, gt=0, description="Stop training after this many minutes (the best model so far is kept)."
+    )
+
+
+# === Evaluation and inference ===
+
+
+class EvalConfig(_Section):
+    """Post-processing used when measuring mAP (low threshold: the whole PR curve counts)."""
+
+    score_thr: float = Field(0.001, ge=0, le=1, description="Detections below this score are dropped.")
+    iou_thr: float = Field(0.6, gt=0, le=1, description="NMS IoU threshold.")
+    max_det: int = Field(100, ge=1, description="Detections kept per image.")
+    voc_iou_thr: float = Field(0.5, gt=0, le=1, description="IoU threshold of the VOC AP.")
+
+
+class PredictConfig(_Section):
+    """Post-processing used for prediction and video."""
+
+    score_thr: float = Field(0.25, ge=0, le=1, description="Detections below this score are dropped.")
+    iou_thr: float = Field(0.45, gt=0, le=1, description="NMS IoU threshold.")
+    max_det: int = Field(100, ge=1, description="Detections kept per image.")
+    agnostic_nms: bool = Field(False, description="One NMS over all classes instead of one per class.")
+
+
+class Config(_Section):
+    """A complete run: everything `detseg train` needs, written next to the model."""
+
+    name: str = Field("run", description="Run name: the run folder is <out_dir>/<name>.")
+    out_dir: str = Field("runs", description="Parent folder of run folders.")
+    data: DataConfig = Field(default_factory=DataConfig, description="Dataset.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Model.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Training.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation.")
+    predict: PredictConfig = Field(default_factory=PredictConfig, description="Prediction.")
+
+    @property
+    def run_dir(self) -> Path:
+        """The run folder `<out_dir>/<name>`."""
+        return Path(self.out_dir) / self.name
+
+
+# === Loading, overrides and errors ===
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split a CLI override `a.b=value` into its key and a YAML-parsed value (never `eval`)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise DetsegError(f"override {text!r} is not of the form key=value (e.g. train.epochs=3)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise DetsegError(f"override {text!r}: value is not valid YAML ({exc.problem})") from None
+    return key, value
+
+
+def _apply_override(raw: dict[str, Any], key: str, value: Any) -> None:
+    """Set `raw[a][b] = value` for key 'a.b', creating sections as needed."""
+    parts = key.split(".")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise DetsegError(f"override {key!r}: {'.'.join(parts[: i + 1])} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _section_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model that holds the field at `loc` (for listing valid keys)."""
+    model: type[BaseModel] = Config
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+def _describe_error(err: Mapping[str, Any]) -> str:
+    """One readable sentence for one pydantic error entry."""
+    loc = tuple(err["loc"])
+    path = ".".join(str(p) for p in loc)
+    if err["type"] == "extra_forbidden":
+        section = _section_at(loc)
+        valid = sorted(section.model_fields) if section else []
+        close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"unknown key {path!r}{hint}; valid keys here: {', '.join(valid)}"
+    msg = err["msg"].removeprefix("Value error, ")
+    got = err.get("input")
+    return f"{path}: {msg[:1].lower()}{msg[1:]} (got {got!r})" if path else msg
+
+
+def config_from_dict(raw: Mapping[str, Any], source: str = "<config>") -> Config:
+    """Validate a plain dict into a frozen `Config`; errors name `source` and the key path."""
+    try:
+        return Config.model_validate(dict(raw))
+    except ValidationError as exc:
+        problems = "; ".join(_describe_error(e) for e in exc.errors())
+        raise DetsegError(problems, source) from None
+
+
+def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Read a YAML config (or start from defaults when `path` is None) and apply dotted overrides.
+
+    The run name defaults to the config file's stem, so `configs/x.yaml` trains into `runs/x`.
+    """
+    raw: dict[str, Any] = {}
+    source = "<defaults>"
+    if path is not None:
+        source = str(path)
+        p = Path(path)
+        if not p.is_file():
+            raise DetsegError("config file not found", source)
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise DetsegError(f"not valid YAML{where}: {getattr(exc, 'problem', exc)}", source) from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise DetsegError(f"expected a mapping of sections at the top, got {type(loaded).__name__}", source)
+        raw = loaded or {}
+        raw.setdefault("name", p.stem)
+    for key, value in (overrides or {}).items():
+        _apply_override(raw, key, value)
+    return config_from_dict(raw, source)
+
+
+def dump_config(cfg: Config, path: str | Path) -> Path:
+    """Write the fully resolved config as YAML (every field, defaults included)."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+    return out
