@@ -13,7 +13,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m detseg.demo
+	$(BIN)/detseg --help
+	$(BIN)/detseg info
 
 # The backend is fixed at import time, so the JAX subset runs in its own process.
 test: test-tf test-jax

@@ -1,0 +1,95 @@
+"""The `detseg` command as a user runs it: exit codes and one-line errors, in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def run_cli(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "detseg", *args], capture_output=True, text=True, timeout=120, env=env
+    )
+
+
+def test_help_lists_every_subcommand():
+    res = run_cli("--help")
+    assert res.returncode == 0
+    for cmd in ("train", "evaluate", "predict", "anchors", "convert", "export", "info"):
+        assert cmd in res.stdout
+
+
+@pytest.mark.jax
+def test_info_reports_versions_and_backend_without_native_noise():
+    res = run_cli("info")
+    assert res.returncode == 0, res.stderr
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    assert f"backend {backend}" in res.stdout
+    assert "keras 3." in res.stdout
+    assert "devices cpu:0" in res.stdout
+    assert "cuda" not in res.stderr.lower()  # TensorFlow's start-up chatter is hidden without -v
+
+
+def test_unknown_subcommand_exits_2_with_one_line():
+    res = run_cli("bogus")
+    assert res.returncode == 2
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert res.stderr.startswith("detseg: error: argument COMMAND: invalid choice: 'bogus'")
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "expected"),
+    [
+        ("train:\n  epoch: 3\n", "unknown key 'train.epoch' (did you mean 'epochs'?)"),
+        ("train:\n  epochs: three\n", "train.epochs: input should be a valid integer"),
+    ],
+)
+def test_bad_config_exits_2_naming_the_file(tmp_path, yaml_text, expected):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(yaml_text)
+    res = run_cli("train", str(cfg))
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr  # one line, no traceback
+    assert lines[0].startswith(f"detseg: error: {cfg}: ")
+    assert expected in lines[0]
+
+
+def test_missing_config_and_bad_override_exit_2(tmp_path):
+    res = run_cli("train", str(tmp_path / "nope.yaml"))
+    assert (res.returncode, res.stderr.strip()) == (2, f"detseg: error: {tmp_path / 'nope.yaml'}: config file not found")
+    cfg = tmp_path / "ok.yaml"
+    cfg.write_text("train:\n  epochs: 1\n")
+    res = run_cli("train", str(cfg), "--set", "train.epochs")
+    assert res.returncode == 2
+    assert "is not of the form key=value" in res.stderr
+
+
+def test_internal_error_exits_1_with_traceback(monkeypatch, capsys):
+    from detseg import cli
+
+    def boom(args):
+        raise RuntimeError("kaboom")
+
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    parser._subparsers._group_actions[0].choices["info"].set_defaults(handler=boom)
+    assert cli.main(["-q", "info"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "RuntimeError: kaboom" in err
+
+
+@pytest.mark.parametrize("script", ["train.py", "infer_video.py", "evaluate.py"])
+def test_tools_scripts_are_thin_wrappers(script):
+    from tests.conftest import REPO_ROOT
+
+    res = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "tools" / script), "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert res.returncode == 0
+    sub = {"train.py": "train", "infer_video.py": "predict", "evaluate.py": "evaluate"}[script]
+    assert res.stdout.startswith(f"usage: detseg {sub}")
