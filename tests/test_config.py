@@ -119,3 +119,13 @@ def test_override_into_a_scalar_is_an_error(tmp_path):
 def test_yaml_1_1_exponent_string_still_validates_as_float():
     # YAML 1.1 reads "1e-3" (no dot) as a string; the float field still accepts it.
     assert load_config(None, overrides=dict([parse_override("train.lr=1e-3")])).train.lr == 0.001
+
+
+def test_every_shipped_config_validates():
+    from tests.conftest import REPO_ROOT
+
+    paths = sorted((REPO_ROOT / "configs").glob("*.yaml"))
+    assert paths, "no configs shipped"
+    for path in paths:
+        cfg = load_config(path)
+        assert cfg.name == path.stem  # run folders are named after their config file
