@@ -103,11 +103,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_anchors(args: argparse.Namespace) -> int:
-    from detseg.engine.train import fit_config_anchors
+    from detseg.config import set_config_value
+    from detseg.engine.train import anchor_list, describe_anchors, fit_config_anchors
 
-    cfg = _load(args)
-    anchors = fit_config_anchors(cfg, k=args.k, write=args.write)
-    print(anchors.describe())
+    anchors = fit_config_anchors(_load(args), k=args.k)
+    print(describe_anchors(anchors))
+    if args.write:
+        set_config_value(args.config, "model.yolo.anchors", anchor_list(anchors))
+        print(f"written to {args.config} (model.yolo.anchors)")
     return EXIT_OK
 
 

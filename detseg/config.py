@@ -32,6 +32,7 @@ __all__ = [
     "dump_config",
     "load_config",
     "parse_override",
+    "set_config_value",
 ]
 
 
@@ -335,6 +336,16 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
     for key, value in (overrides or {}).items():
         _apply_override(raw, key, value)
     return config_from_dict(raw, source)
+
+
+def set_config_value(path: str | Path, key: str, value: Any) -> Config:
+    """Write one dotted key into a YAML config file (validated first; comments are not kept)."""
+    p = Path(path)
+    cfg = load_config(p, {key: value})
+    raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    _apply_override(raw, key, value)
+    p.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return cfg
 
 
 def dump_config(cfg: Config, path: str | Path) -> Path:

@@ -129,3 +129,16 @@ def test_every_shipped_config_validates():
     for path in paths:
         cfg = load_config(path)
         assert cfg.name == path.stem  # run folders are named after their config file
+
+
+def test_set_config_value_writes_back_a_valid_file(tmp_path):
+    from detseg.config import set_config_value
+
+    path = write(tmp_path, "train:\n  epochs: 7\n")
+    set_config_value(path, "model.yolo.anchors", [[10.0, 12.5], [30.0, 40.0]])
+    cfg = load_config(path)
+    assert cfg.model.yolo.anchors == [[10.0, 12.5], [30.0, 40.0]]
+    assert cfg.train.epochs == 7  # the rest of the file is kept
+    with pytest.raises(DetsegError, match="train.epochs"):
+        set_config_value(path, "train.epochs", "many")
+    assert load_config(path).train.epochs == 7  # a rejected value is never written
