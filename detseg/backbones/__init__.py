@@ -1,1 +1,69 @@
-"""detseg.backbones."""
+"""Backbones: the classic CNNs as feature-pyramid extractors.
+
+`BACKBONES` is the only name -> builder table. Each builder is
+`builder(input_shape=(None, None, 3), *, width=1.0, weights=None, name=...) -> keras.Model`
+and returns a model whose outputs are `{"P3": ..., "P4": ..., "P5": ...}` (LeNet-5: P1, P2)
+with `model.feature_info = {level: (stride, channels)}`; `feature_info(model)` recomputes
+that table after a `.keras` load. `get_backbone` also resolves "applications:<Name>".
+"""
+
+import difflib
+
+import keras
+
+from detseg.backbones.alexnet import alexnet
+from detseg.backbones.applications import PREFIX as APPLICATIONS_PREFIX
+from detseg.backbones.applications import application_backbone, application_names
+from detseg.backbones.darknet import darknet53, darknet_tiny
+from detseg.backbones.googlenet import googlenet
+from detseg.backbones.lenet5 import lenet5
+from detseg.backbones.pyramid import feature_info
+from detseg.backbones.resnet import resnet18, resnet34, resnet50
+from detseg.backbones.senet import se_resnet, se_resnet50
+from detseg.backbones.vgg import vgg16, vgg19
+from detseg.backbones.xception import xception
+from detseg.errors import DetsegError
+
+BACKBONES = {
+    "lenet5": lenet5,
+    "alexnet": alexnet,
+    "googlenet": googlenet,
+    "vgg16": vgg16,
+    "vgg19": vgg19,
+    "resnet18": resnet18,
+    "resnet34": resnet34,
+    "resnet50": resnet50,
+    "xception": xception,
+    "se_resnet": se_resnet,
+    "se_resnet50": se_resnet50,
+    "darknet53": darknet53,
+    "darknet_tiny": darknet_tiny,
+}
+
+
+def get_backbone(name: str, input_shape=(None, None, 3), /, **kwargs) -> keras.Model:
+    """Build backbone `name` (a `BACKBONES` key or "applications:<Name>") on `input_shape`.
+
+    `kwargs` go to the builder (`width`, `weights`, `name` of the model, ...);
+    applications take `weights` and `name` only.
+    """
+    if name.startswith(APPLICATIONS_PREFIX):
+        return application_backbone(name[len(APPLICATIONS_PREFIX) :], input_shape, **kwargs)
+    if name not in BACKBONES:
+        close = difflib.get_close_matches(name, list(BACKBONES), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(repr(n) for n in close)}?" if close else ""
+        raise DetsegError(
+            f"unknown backbone {name!r}{hint} (valid: {', '.join(BACKBONES)}, "
+            f"or {APPLICATIONS_PREFIX}<Name> for a keras.applications model)"
+        )
+    return BACKBONES[name](input_shape, **kwargs)
+
+
+__all__ = [
+    "APPLICATIONS_PREFIX",
+    "BACKBONES",
+    "application_backbone",
+    "application_names",
+    "feature_info",
+    "get_backbone",
+]

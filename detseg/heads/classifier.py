@@ -1,0 +1,156 @@
+"""Image classifiers: a backbone (a nested Model named "backbone") plus a classification top.
+
+`top="gap"`: global average pooling, optional dropout, dense softmax — for any backbone.
+`top="paper"`: the dense top of the original paper for LeNet-5, AlexNet and VGG, which
+needs a fixed input size (it flattens the last feature map).
+
+Transfer learning: `set_backbone_trainable(model, False)` freezes the backbone (its batch
+norms then run in inference mode); recompile after every change of `trainable`.
+"""
+
+import keras
+
+from detseg.backbones import get_backbone
+from detseg.errors import DetsegError
+from detseg.layers import RBFOutput, scale_channels
+
+BACKBONE_LAYER = "backbone"
+OUTPUT_LAYER = "predictions"
+TOPS = ("gap", "paper")
+
+# GoogLeNet's auxiliary classifiers: their losses are added with weight 0.3 in training.
+AUX_LOSS_WEIGHT = 0.3
+AUX_DROPOUT = 0.7
+
+
+def _lenet5_top(x, num_classes: int, dropout: float, width: float):
+    """C5 (120 maps of 5x5, i.e. dense on a 5x5 input), F6 (84), RBF output, softmax."""
+    x = keras.layers.Conv2D(scale_channels(120, width), 5, activation="tanh", name="c5")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    x = keras.layers.Dense(scale_channels(84, width), activation="tanh", name="f6")(x)
+    if dropout:
+        x = keras.layers.Dropout(dropout, name="dropout")(x)
+    x = RBFOutput(num_classes, logits=True, name="rbf")(x)
+    return keras.layers.Softmax(name=OUTPUT_LAYER)(x)
+
+
+def _dense_4096_top(x, num_classes: int, dropout: float, width: float):
+    """AlexNet's and VGG's top: flatten, two dense 4096 ReLU layers (each + dropout), softmax."""
+    x = keras.layers.Flatten(name="flatten")(x)
+    for i in (1, 2):
+        x = keras.layers.Dense(scale_channels(4096, width), activation="relu", name=f"fc{i}")(x)
+        if dropout:
+            x = keras.layers.Dropout(dropout, name=f"dropout{i}")(x)
+    return keras.layers.Dense(num_classes, activation="softmax", name=OUTPUT_LAYER)(x)
+
+
+# name -> (top builder, backbone arguments that reproduce the paper's layer table)
+PAPER_TOPS = {
+    "lenet5": (_lenet5_top, {"padding": "valid"}),
+    "alexnet": (_dense_4096_top, {"padding": "valid"}),
+    "vgg16": (_dense_4096_top, {}),
+    "vgg19": (_dense_4096_top, {}),
+}
+
+
+def _gap_top(x, num_classes: int, dropout: float, name: str = OUTPUT_LAYER, prefix: str = ""):
+    x = keras.layers.GlobalAveragePooling2D(name=f"{prefix}gap")(x)
+    if dropout:
+        x = keras.layers.Dropout(dropout, name=f"{prefix}dropout")(x)
+    return keras.layers.Dense(num_classes, activation="softmax", name=name)(x)
+
+
+def _aux_classifier(x, num_classes: int, width: float, key: str):
+    """GoogLeNet's auxiliary head: 5x5/3 avg pool, 1x1 conv 128, dense 1024, 70% dropout."""
+    x = keras.layers.AveragePooling2D(5, strides=3, name=f"aux_{key}_pool")(x)
+    x = keras.layers.Conv2D(
+        scale_channels(128, width), 1, activation="relu", name=f"aux_{key}_conv"
+    )(x)
+    x = keras.layers.Flatten(name=f"aux_{key}_flatten")(x)
+    x = keras.layers.Dense(scale_channels(1024, width), activation="relu", name=f"aux_{key}_fc")(x)
+    x = keras.layers.Dropout(AUX_DROPOUT, name=f"aux_{key}_dropout")(x)
+    return keras.layers.Dense(num_classes, activation="softmax", name=f"aux_{key}")(x)
+
+
+def build_classifier(
+    name: str,
+    input_shape,
+    num_classes: int,
+    weights: "str | None" = None,
+    dropout: float = 0.0,
+    top: str = "gap",
+    *,
+    aux_classifiers: bool = False,
+    **backbone_kwargs,
+) -> keras.Model:
+    """Backbone `name` (see `detseg.backbones.get_backbone`) + a softmax classification top.
+
+    Returns a Model from images `[B, H, W, C]` to class probabilities `[B, num_classes]`
+    (train with sparse categorical cross-entropy). `weights` goes to the backbone;
+    `dropout` is applied before the output layer (and after each hidden dense layer of a
+    paper top; the papers used 0.5 for AlexNet/VGG and 0.4 for GoogLeNet). With
+    `aux_classifiers=True` (GoogLeNet only) the outputs are a dict
+    `{"predictions", "aux_4a", "aux_4d"}`; weight the auxiliary losses by `AUX_LOSS_WEIGHT`.
+    `backbone_kwargs` (e.g. `width`) go to the backbone builder.
+    """
+    _validate(name, input_shape, num_classes, dropout, top, aux_classifiers)
+    width = backbone_kwargs.get("width", 1.0)
+    if top == "paper":
+        top_builder, paper_kwargs = PAPER_TOPS[name]
+        backbone_kwargs = {**paper_kwargs, **backbone_kwargs}
+    if aux_classifiers:
+        backbone_kwargs["aux_outputs"] = True
+    # === Layers ===
+    backbone = get_backbone(
+        name, input_shape, weights=weights, name=BACKBONE_LAYER, **backbone_kwargs
+    )
+    inputs = keras.Input(input_shape, name="image")
+    features = backbone(inputs)
+    deepest = features[list(backbone.feature_info)[-1]]
+    if top == "paper":
+        outputs = top_builder(deepest, num_classes, dropout, width)
+    else:
+        outputs = _gap_top(deepest, num_classes, dropout)
+    if aux_classifiers:
+        outputs = {OUTPUT_LAYER: outputs}
+        for key in ("4a", "4d"):
+            outputs[f"aux_{key}"] = _aux_classifier(features[f"aux_{key}"], num_classes, width, key)
+    # === Functional Model ===
+    return keras.Model(inputs, outputs, name=f"{name.replace(':', '_')}_classifier")
+
+
+def _validate(name, input_shape, num_classes, dropout, top, aux_classifiers) -> None:
+    if top not in TOPS:
+        raise DetsegError(f"unknown classifier top {top!r} (valid: {', '.join(TOPS)})")
+    if top == "paper":
+        if name not in PAPER_TOPS:
+            raise DetsegError(
+                f"top='paper' exists for {', '.join(PAPER_TOPS)}, not {name!r}; use top='gap'"
+            )
+        if None in tuple(input_shape[:2]):
+            raise DetsegError(
+                f"top='paper' flattens the last feature map, so it needs a fixed input size; "
+                f"got input_shape={tuple(input_shape)}"
+            )
+    if not (isinstance(num_classes, int) and num_classes >= 2):
+        raise DetsegError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+    if not 0.0 <= dropout < 1.0:
+        raise DetsegError(f"dropout must be in [0, 1), got {dropout!r}")
+    if aux_classifiers and (name != "googlenet" or None in tuple(input_shape[:2])):
+        raise DetsegError(
+            "aux_classifiers exist only for 'googlenet' with a fixed input size; "
+            f"got name={name!r}, input_shape={tuple(input_shape)}"
+        )
+
+
+def set_backbone_trainable(model: keras.Model, trainable: bool) -> None:
+    """Freeze (False) or unfreeze (True) the nested "backbone" of a classifier.
+
+    A frozen backbone keeps its weights and batch-norm statistics. Recompile the model
+    afterwards so that the change takes effect in `fit`.
+    """
+    try:
+        backbone = model.get_layer(BACKBONE_LAYER)
+    except ValueError as error:
+        raise DetsegError(f"model {model.name!r} has no layer named {BACKBONE_LAYER!r}") from error
+    backbone.trainable = trainable
