@@ -1,0 +1,69 @@
+"""Reading annotation files with one-line errors that name the file (and the line, for parse errors)."""
+
+from __future__ import annotations
+
+import json
+import os
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+from detseg.errors import DetsegError
+
+__all__ = ["format_number", "read_json", "read_xml", "relative_name", "write_json"]
+
+
+def _read_bytes(path: Path, what: str) -> bytes:
+    if not path.is_file():
+        raise DetsegError(f"{what} not found", path)
+    data = path.read_bytes()
+    if not data.strip():
+        raise DetsegError(f"{what} is empty", path)
+    return data
+
+
+def read_json(path: str | Path, what: str = "annotation file") -> Any:
+    """Parse a JSON file; errors say missing / empty / the line and column where parsing failed."""
+    path = Path(path)
+    data = _read_bytes(path, what)
+    try:
+        return json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise DetsegError(f"not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}", path) from None
+    except UnicodeDecodeError:
+        raise DetsegError("not valid JSON: not UTF-8 text", path) from None
+
+
+def read_xml(path: str | Path, what: str = "annotation file") -> ET.Element:
+    """Parse an XML file into its root element; errors name the line and column."""
+    path = Path(path)
+    data = _read_bytes(path, what)
+    try:
+        return ET.fromstring(data)
+    except ET.ParseError as exc:
+        line, column = exc.position
+        message = str(exc).split(":")[0]
+        raise DetsegError(f"XML does not parse at line {line} column {column + 1}: {message}", path) from None
+
+
+def write_json(obj: Any, path: str | Path) -> Path:
+    """Write compact JSON, creating the parent folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, separators=(",", ":")), encoding="utf-8")
+    return path
+
+
+def relative_name(path: Path, root: Path | None) -> str:
+    """`path` relative to `root` with forward slashes, or its bare name when it is not under `root`."""
+    if root is not None:
+        rel = os.path.relpath(Path(path).resolve(), Path(root).resolve())
+        if not rel.startswith(".."):
+            return Path(rel).as_posix()
+    return Path(path).name
+
+
+def format_number(value: float) -> str:
+    """A coordinate as short text that reads back within 1e-4: `12`, `12.5`, `12.3457`."""
+    text = f"{float(value):.4f}".rstrip("0").rstrip(".")
+    return "0" if text in ("", "-0") else text
