@@ -46,29 +46,62 @@ class _Section(BaseModel):
 
 
 class ShapesConfig(_Section):
-    """Parameters of the built-in generated shapes dataset (`data.builtin: shapes`)."""
+    """Parameters of the built-in generated shapes dataset (`data.builtin: shapes`).
+
+    Circles, squares and triangles on noisy or textured backgrounds, generated once into
+    `<data.cache_dir>/shapes_<hash of these fields>/` and reused.
+    """
 
     num_train: int = Field(800, ge=1, description="Number of generated training images.")
     num_val: int = Field(100, ge=1, description="Number of generated validation images.")
+    num_test: int = Field(0, ge=0, description="Number of generated test images (0: no test split).")
     image_size: int = Field(320, ge=32, description="Side of the square generated images, in pixels.")
     min_objects: int = Field(0, ge=0, description="Fewest shapes drawn on one image.")
-    max_objects: int = Field(8, ge=0, description="Most shapes drawn on one image.")
-    min_size: int = Field(16, ge=4, description="Smallest shape size (bounding-box side), in pixels.")
-    max_size: int = Field(96, ge=4, description="Largest shape size (bounding-box side), in pixels.")
+    max_objects: int = Field(8, ge=0, description="Most shapes drawn on one image (fewer when they do not fit).")
+    min_size: int = Field(16, ge=12, description="Smallest shape size (bounding-box side), in pixels.")
+    max_size: int = Field(96, ge=12, description="Largest shape size (bounding-box side), in pixels.")
     seed: int = Field(0, description="Seed of the generator: the same seed gives the same images.")
-    video_frames: int = Field(0, ge=0, description="Frames of the moving-shapes MP4 to write (0: none).")
+    video_frames: int = Field(
+        0, ge=0, description="Frames of the moving-shapes MP4 (video.mp4 + video_boxes.json) to write (0: none)."
+    )
+
+    @field_validator("max_objects", "max_size")
+    @classmethod
+    def _max_not_below_min(cls, value: int, info) -> int:
+        low = info.data.get(info.field_name.replace("max_", "min_"))
+        if low is not None and value < low:
+            raise ValueError(f"must be >= {info.field_name.replace('max_', 'min_')} ({low})")
+        return value
 
 
 class SplitConfig(_Section):
     """Where one split's annotations and images are. Relative paths resolve against `data.root`."""
 
     annotations: str | None = Field(
-        None, description="Annotation file or folder (COCO/VIA JSON, VOC XML folder, YOLO labels folder, mask folder)."
+        None,
+        description=(
+            "Annotation file or folder (COCO/VIA JSON, VOC devkit root or XML folder, YOLO labels folder, "
+            "mask folder, imagefolder root)."
+        ),
     )
-    images: str | None = Field(None, description="Image folder of this split.")
+    images: str | None = Field(
+        None, description="Image folder of this split (default: the devkit's JPEGImages/ or the JSON's folder)."
+    )
     split: str | None = Field(
         None, description="Split name inside a devkit layout (VOC `ImageSets/Main/<split>.txt`)."
     )
+    subset: str | None = Field(
+        None,
+        description="Python slice of the loaded samples, e.g. ':24' (first 24) or '24:' (the rest): a hold-out split.",
+    )
+
+    @field_validator("subset")
+    @classmethod
+    def _is_slice(cls, value: str | None) -> str | None:
+        parts = value.split(":") if value is not None else ["", ""]
+        if len(parts) not in (2, 3) or not all(p.strip().lstrip("-").isdigit() or not p.strip() for p in parts):
+            raise ValueError("must be a slice like ':24', '24:' or '0:100:2'")
+        return value
 
 
 class DataConfig(_Section):
@@ -87,6 +120,13 @@ class DataConfig(_Section):
     test: SplitConfig = Field(default_factory=SplitConfig, description="Test split (optional).")
     names: list[str] | None = Field(
         None, description="Class names in label order (required for YOLO txt and masks; else read from the annotations)."
+    )
+    mask_values: list[int] | None = Field(
+        None,
+        description="Pixel value of each class of `names` in semantic mask PNGs (format: masks; default: the class index).",
+    )
+    check_images: bool = Field(
+        True, description="Check when loading that every image exists and its header size matches the annotation."
     )
     cache_dir: str = Field(
         ".cache/detseg", description="Where generated datasets are written once and then reused."
