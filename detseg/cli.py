@@ -98,6 +98,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         batch=args.batch,
         score_thr=args.conf,
         iou_thr=args.iou,
+        config=args.config,
     )
     return EXIT_OK
 
@@ -182,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=1, help="frames per model call (files only)")
     p.add_argument("--conf", type=float, help="score threshold (default: the model's predict config)")
     p.add_argument("--iou", type=float, help="NMS IoU threshold (default: the model's predict config)")
+    p.add_argument("--config", help="config (default: config.yaml beside the model)")
 
     p = add("anchors", _cmd_anchors, "fit k-means prior boxes to a config's training boxes")
     p.add_argument("config", help="YAML config file")

@@ -41,12 +41,13 @@ def environment_info() -> str:
 
 def data_info(cfg: Config, split: str = "train", gallery: str | None = None) -> str:
     """The summary of one split of a config's dataset (and an optional gallery PNG)."""
-    from detseg.data import build_augment, load_split, save_gallery
+    from detseg.data import build_augment, load_split
+    from detseg.viz import save_gallery
 
     dataset = load_split(cfg.data, split)
     text = dataset.summary_text()
     if gallery:
         augment = build_augment(cfg.train.augment) if split == "train" else None
-        save_gallery(dataset, gallery, augment=augment)
+        save_gallery(dataset, gallery, augment=augment, size=cfg.model.input_size, mosaic_p=cfg.train.augment.mosaic_p)
         text += f"\ngallery: {gallery}"
     return text
