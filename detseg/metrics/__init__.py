@@ -1,1 +1,36 @@
-"""detseg.metrics."""
+"""detseg.metrics: detection (COCO / VOC) and segmentation metrics, and a Keras callback
+that logs them during training. All metric code is NumPy, outside the graph."""
+
+from detseg.metrics.callback import EvaluateCallback
+from detseg.metrics.coco_eval import CocoEvaluation, evaluate_coco
+from detseg.metrics.confusion import detection_confusion_matrix
+from detseg.metrics.detection import (
+    PAD_LABEL,
+    PROTOCOLS,
+    DetectionEvaluator,
+    evaluate_coco_files,
+)
+from detseg.metrics.plots import plot_confusion_matrix, plot_pr_curves
+from detseg.metrics.segmentation import SegmentationMetrics
+from detseg.metrics.summary import format_coco_summary, format_summary, format_voc_summary
+from detseg.metrics.voc_eval import VocEvaluation, evaluate_voc, voc_ap
+
+__all__ = [
+    "PAD_LABEL",
+    "PROTOCOLS",
+    "CocoEvaluation",
+    "DetectionEvaluator",
+    "EvaluateCallback",
+    "SegmentationMetrics",
+    "VocEvaluation",
+    "detection_confusion_matrix",
+    "evaluate_coco",
+    "evaluate_coco_files",
+    "evaluate_voc",
+    "format_coco_summary",
+    "format_summary",
+    "format_voc_summary",
+    "plot_confusion_matrix",
+    "plot_pr_curves",
+    "voc_ap",
+]
