@@ -17,10 +17,12 @@ import cv2
 import keras
 import numpy as np
 
-# Format names follow keras.utils.bounding_boxes; a "rel_" prefix means coordinates divided by
-# the image width (x) and height (y). "rel_center_xywh" is the YOLO txt format.
-_ABSOLUTE_FORMATS = ("xyxy", "yxyx", "xywh", "center_xywh", "center_yxhw")
-BOX_FORMATS = _ABSOLUTE_FORMATS + tuple(f"rel_{name}" for name in _ABSOLUTE_FORMATS)
+# The formats of keras.utils.bounding_boxes; a "rel_" prefix means coordinates divided by the
+# image width (x) and height (y). "rel_center_xywh" is the YOLO txt format.
+BOX_FORMATS = (
+    "xyxy", "yxyx", "xywh", "center_xywh", "center_yxhw",
+    "rel_xyxy", "rel_yxyx", "rel_xywh", "rel_center_xywh",
+)
 
 IOU_KINDS = ("iou", "giou", "diou", "ciou")
 
