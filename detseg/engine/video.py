@@ -1,0 +1,312 @@
+"""Low-latency inference over images, folders, globs, video files, streams and webcams.
+
+`run_stream(source, infer, class_names=...)` runs three stages at once:
+
+    capture thread --FrameBuffer--> caller's thread: infer --queue--> output thread
+    (decode, RGB)                   (the compiled model,               (draw, FPS overlay,
+                                     `batch` frames per call)           video/images/window/JSONL)
+
+File sources go through a bounded buffer (every frame, in order, with back-pressure); live
+sources through a one-slot buffer holding the newest frame (stale frames are dropped and
+counted). Every wait is bounded, outputs are finalised on every exit (end of source,
+`max_frames`, Ctrl-C, a window closed with q/Esc, or an error), and the run ends with a
+`StreamSummary`: frames read / processed / dropped, latency percentiles and end-to-end fps.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from detseg.engine.capture import FrameBuffer, FrameReader
+from detseg.engine.outputs import OutputWorker, open_image_sinks
+from detseg.engine.sinks import JsonlSink, show_unavailable_reason
+from detseg.engine.sources import Frame, FrameSource, open_source
+from detseg.errors import DetsegError
+
+__all__ = ["DrawFn", "InferFn", "StreamSummary", "run_stream"]
+
+InferFn = Callable[[list[np.ndarray]], list[dict[str, Any]]]
+"""Detector contract: RGB uint8 frames -> per frame {"boxes" [N, 4] xyxy original pixels,
+"scores" [N], "labels" [N], optional "masks"}."""
+
+DrawFn = Callable[..., np.ndarray]
+"""`draw(image_rgb, boxes, labels, scores=, class_names=, masks=) -> annotated RGB image`."""
+
+_READER_JOIN_S = 1.0  # a live reader blocked in a device read is abandoned (daemon) after this
+_OUTPUT_CLOSE_TIMEOUT_S = 60.0  # the output thread's time to write what is queued and finalise
+
+
+# === Summary ===
+
+
+def _stats_ms(seconds: Sequence[float]) -> dict[str, float | None]:
+    """Mean, median and 95th percentile (linear interpolation) in milliseconds."""
+    if not seconds:
+        return {"mean": None, "p50": None, "p95": None}
+    ms = np.asarray(seconds, np.float64) * 1000.0
+    return {
+        "mean": float(ms.mean()),
+        "p50": float(np.percentile(ms, 50)),
+        "p95": float(np.percentile(ms, 95)),
+    }
+
+
+@dataclass(frozen=True)
+class StreamSummary:
+    """What a run did. `frames_read == frames_processed + frames_dropped` always holds.
+
+    `latency_ms` runs from the moment a frame was read to the moment its outputs were
+    written; `infer_ms` is the model's time per frame (a batch's time over its size); both
+    give mean/p50/p95 (None when no frame was processed). `fps` is frames processed over
+    `wall_s`. `stop_reason` is "end of source", "max_frames", "interrupted" or "quit".
+    """
+
+    source: str
+    kind: str
+    frames_read: int
+    frames_processed: int
+    frames_dropped: int
+    files_skipped: int
+    stop_reason: str
+    wall_s: float
+    fps: float
+    latency_ms: dict[str, float | None]
+    infer_ms: dict[str, float | None]
+    outputs: dict[str, str]
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready copy."""
+        return asdict(self)
+
+    def __str__(self) -> str:
+        def ms(stats: dict[str, float | None]) -> str:
+            if stats["mean"] is None:
+                return "n/a"
+            return ", ".join(f"{key} {value:.1f}" for key, value in stats.items())
+
+        lines = [
+            f"source: {self.source} ({self.kind})",
+            f"frames: {self.frames_read} read, {self.frames_processed} processed, "
+            f"{self.frames_dropped} dropped"
+            + (f"; {self.files_skipped} non-image entries skipped" if self.files_skipped else ""),
+            f"latency ms (read -> written): {ms(self.latency_ms)}",
+            f"model ms per frame: {ms(self.infer_ms)}",
+            f"{self.fps:.1f} fps end to end over {self.wall_s:.2f} s; stopped: {self.stop_reason}",
+        ]
+        lines += [f"{what}: {where}" for what, where in self.outputs.items()]
+        return "\n".join(lines)
+
+
+# === Inputs and outputs ===
+
+
+def _check_options(batch: int, max_frames: int | None, class_names: Sequence[str]) -> None:
+    if not isinstance(batch, int) or batch < 1:
+        raise DetsegError(f"batch must be an integer >= 1, got {batch!r}")
+    if max_frames is not None and (not isinstance(max_frames, int) or max_frames < 1):
+        raise DetsegError(f"max_frames must be an integer >= 1, got {max_frames!r}")
+    if isinstance(class_names, str) or not all(isinstance(n, str) for n in class_names):
+        raise DetsegError(f"class_names must be a list of strings, got {class_names!r}")
+
+
+def _as_detections(results: Any, frames: list[Frame]) -> list[dict[str, Any]]:
+    """`infer`'s output checked against the contract, as arrays: one dict per frame with
+    boxes [N, 4] float32, scores [N] float32, labels [N] int32 (and masks when given)."""
+    if not isinstance(results, (list, tuple)) or len(results) != len(frames):
+        got = len(results) if isinstance(results, (list, tuple)) else type(results).__name__
+        raise ValueError(f"infer returned {got} results for {len(frames)} frames")
+    checked = []
+    for frame, result in zip(frames, results, strict=True):
+        try:
+            boxes = np.asarray(result["boxes"], np.float32).reshape(-1, 4)
+            scores = np.asarray(result["scores"], np.float32).reshape(-1)
+            labels = np.asarray(result["labels"], np.int32).reshape(-1)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(
+                f"infer result for frame {frame.index} is not boxes/scores/labels: {exc}"
+            ) from exc
+        if not len(boxes) == len(scores) == len(labels):
+            raise ValueError(
+                f"infer result for frame {frame.index}: "
+                f"{len(boxes)} boxes, {len(scores)} scores, {len(labels)} labels"
+            )
+        detections = {"boxes": boxes, "scores": scores, "labels": labels}
+        if result.get("masks") is not None:
+            detections["masks"] = result["masks"]
+        checked.append(detections)
+    return checked
+
+
+def _expected_frames(source: FrameSource, max_frames: int | None) -> int | None:
+    """The progress bar's total: frames a file source will give, None for live sources."""
+    if source.live or source.length is None:
+        return None if source.live else max_frames
+    return source.length if max_frames is None else min(source.length, max_frames)
+
+
+def _take(buffer: FrameBuffer, count: int, timeout: float, source: FrameSource) -> list[Frame]:
+    """Up to `count` frames (fewer at the end of the source), each awaited at most `timeout` s."""
+    frames: list[Frame] = []
+    while len(frames) < count:
+        try:
+            frame = buffer.get(timeout)
+        except TimeoutError:
+            raise DetsegError(
+                f"no frame for {timeout:g} s: the {source.kind} stalled", source.name
+            ) from None
+        if frame is None:
+            break
+        frames.append(frame)
+    return frames
+
+
+# === The runner ===
+
+
+@dataclass
+class _Loop:
+    """The inference loop's counters, kept outside it so an interrupted loop leaves them."""
+
+    taken: int = 0
+    infer_s: list[float] = field(default_factory=list)
+    stop_reason: str = "end of source"
+
+
+def _infer_loop(
+    state: _Loop,
+    buffer: FrameBuffer,
+    worker: OutputWorker,
+    infer: InferFn,
+    source: FrameSource,
+    batch: int,
+    max_frames: int | None,
+    read_timeout: float,
+) -> None:
+    """Take frames, run the model on them, queue the results, until the source or the user stops."""
+    while True:
+        if worker.quit.is_set():
+            state.stop_reason = "quit"
+            return
+        left = None if max_frames is None else max_frames - state.taken
+        if left == 0:
+            state.stop_reason = "max_frames"
+            return
+        frames = _take(
+            buffer, 1 if source.live else min(batch, left or batch), read_timeout, source
+        )
+        if not frames:
+            return
+        state.taken += len(frames)
+        tick = time.perf_counter()
+        results = infer([frame.image for frame in frames])
+        state.infer_s += [(time.perf_counter() - tick) / len(frames)] * len(frames)
+        for frame, detections in zip(frames, _as_detections(results, frames), strict=True):
+            worker.submit(frame, detections)
+
+
+def run_stream(
+    source: str | int | Path | FrameSource,
+    infer: InferFn,
+    *,
+    class_names: Sequence[str],
+    draw: DrawFn | None = None,
+    save: str | Path | None = None,
+    show: bool = False,
+    jsonl: str | Path | None = None,
+    batch: int = 1,
+    max_frames: int | None = None,
+    verbose: bool = True,
+    open_timeout: float = 10.0,
+    read_timeout: float = 10.0,
+) -> StreamSummary:
+    """Run `infer` over every frame of `source` (files) or the newest frames (live sources).
+
+    `source` is an image, folder, glob, video file, URL, webcam index ("0") or an opened
+    `FrameSource`. `infer` takes a list of RGB uint8 frames and returns one detection dict per
+    frame with boxes in original-frame pixels (the `Detector` contract); it runs on the
+    caller's thread. `draw` annotates frames for `save`/`show` (default:
+    `detseg.viz.draw_detections`). `save` is a .mp4/.avi file for videos, streams and webcams
+    (the source's fps and size, an FPS overlay; a live source's video holds the processed
+    frames only) or a folder for images (same names); `show` opens a window (q or Esc stops);
+    `jsonl` writes one line per processed frame. `batch` frames go to each `infer` call
+    (files only); `max_frames` stops after that many processed frames. `verbose` shows a
+    progress bar for files and prints the summary. Raises DetsegError for bad input, a device
+    that cannot be opened within `open_timeout` s, or a source that gives no frame for
+    `read_timeout` s; Ctrl-C ends the run normally (stop_reason "interrupted") with every
+    output finalised.
+    """
+    _check_options(batch, max_frames, class_names)
+    if show and (reason := show_unavailable_reason()):
+        raise DetsegError(reason)
+    if isinstance(source, (str, int, Path)):
+        source = open_source(source, open_timeout=open_timeout)
+    try:
+        if source.live and batch > 1:
+            raise DetsegError(
+                f"batch {batch} applies to files; a {source.kind} runs the newest frame each time"
+            )
+        image_sinks = open_image_sinks(source, save, show)
+        jsonl_sink = JsonlSink(jsonl, class_names) if jsonl is not None else None
+    except BaseException:
+        source.close()
+        raise
+    if image_sinks and draw is None:
+        from detseg.viz import draw_detections as draw
+
+    total = _expected_frames(source, max_frames)
+    progress = tqdm(total=total, unit="frame", disable=not verbose or source.live, file=sys.stderr)
+    capacity = max(4, 2 * batch)
+    buffer = FrameBuffer(1 if source.live else capacity, keep_latest=source.live)
+    reader = FrameReader(source, buffer, None if source.live else max_frames)
+    overlay_fps = source.kind != "images"
+    worker = OutputWorker(
+        image_sinks, jsonl_sink, draw, class_names, overlay_fps, progress, capacity
+    )
+
+    start = time.monotonic()
+    worker.start()
+    reader.start()
+    state = _Loop()
+    error: BaseException | None = None
+    try:
+        _infer_loop(state, buffer, worker, infer, source, batch, max_frames, read_timeout)
+    except KeyboardInterrupt:
+        state.stop_reason = "interrupted"
+    except BaseException as exc:
+        error = exc
+    buffer.stop()
+    worker.close(_OUTPUT_CLOSE_TIMEOUT_S)
+    reader.join(_READER_JOIN_S)
+    wall = time.monotonic() - start
+    if error is not None:
+        raise error
+    if worker.error is not None:
+        raise worker.error
+
+    summary = StreamSummary(
+        source=source.name,
+        kind=source.kind,
+        frames_read=buffer.received,
+        frames_processed=worker.written,
+        frames_dropped=buffer.dropped + state.taken - worker.written,
+        files_skipped=source.skipped,
+        stop_reason=state.stop_reason,
+        wall_s=wall,
+        fps=worker.written / wall if wall > 0 else 0.0,
+        latency_ms=_stats_ms(worker.latencies),
+        infer_ms=_stats_ms(state.infer_s),
+        outputs={
+            sink.label: sink.target for sink in [*image_sinks, jsonl_sink] if sink is not None
+        },
+    )
+    if verbose:
+        print(summary)
+    return summary
