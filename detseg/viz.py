@@ -45,7 +45,10 @@ def _blend(image: np.ndarray, colors: np.ndarray, where: np.ndarray, alpha: floa
 
 
 def draw_semantic(
-    image_rgb: np.ndarray, class_map: np.ndarray, alpha: float = 0.45, skip: Sequence[int] = (IGNORE_INDEX,)
+    image_rgb: np.ndarray,
+    class_map: np.ndarray,
+    alpha: float = 0.45,
+    skip: Sequence[int] = (IGNORE_INDEX,),
 ) -> np.ndarray:
     """A copy of the image with each class of the `[H, W]` class-index map tinted in its colour (`skip` left as is)."""
     out = image_rgb.copy()
@@ -89,8 +92,12 @@ def draw_detections(
     scale = max(0.35, min(h, w) / 900)
     for i, (x1, y1, x2, y2) in enumerate(corners.tolist()):
         color = class_color(labels[i])
-        cv2.rectangle(out, (x1, y1), (x2, y2), color, thickness, cv2.LINE_AA)
-        name = class_names[labels[i]] if class_names is not None and 0 <= labels[i] < len(class_names) else str(labels[i])
+        cv2.rectangle(out, (x1, y1), (x2, y2), color, thickness)
+        name = (
+            class_names[labels[i]]
+            if class_names is not None and 0 <= labels[i] < len(class_names)
+            else str(labels[i])
+        )
         caption = f"{name} {scores[i]:.2f}" if scores is not None else name
         (tw, th), base = cv2.getTextSize(caption, _FONT, scale, 1)
         top = y1 - th - base - 2 if y1 - th - base - 2 >= 0 else y1
@@ -143,12 +150,24 @@ def save_gallery(
     """
     if n < 1:
         raise DetsegError(f"gallery needs at least one image, got n={n}")
-    semantic = dataset.mask_values is not None and getattr(augment, "task", "segmentation") == "segmentation"
+    semantic = (
+        dataset.mask_values is not None
+        and getattr(augment, "task", "segmentation") == "segmentation"
+    )
     loader = DetectionLoader(
-        dataset, size, min(n, len(dataset)), augment=augment, encoder=_KeepAll(semantic), shuffle=True, seed=seed, mosaic_p=mosaic_p
+        dataset,
+        size,
+        min(n, len(dataset)),
+        augment=augment,
+        encoder=_KeepAll(semantic),
+        shuffle=True,
+        seed=seed,
+        mosaic_p=mosaic_p,
     )
     images, (boxes, labels, masks) = loader[0]
-    skip = [IGNORE_INDEX] + ([0] if dataset.mask_classes and dataset.mask_classes[0] == "background" else [])
+    skip = [IGNORE_INDEX] + (
+        [0] if dataset.mask_classes and dataset.mask_classes[0] == "background" else []
+    )
     tiles = []
     for i, image in enumerate(images):
         tile = np.round(image * 255).astype(np.uint8)
@@ -157,6 +176,8 @@ def save_gallery(
         tiles.append(draw_detections(tile, boxes[i], labels[i], class_names=dataset.class_names))
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(out), cv2.cvtColor(tile_images(tiles, min(columns, len(tiles))), cv2.COLOR_RGB2BGR)):
+    if not cv2.imwrite(
+        str(out), cv2.cvtColor(tile_images(tiles, min(columns, len(tiles))), cv2.COLOR_RGB2BGR)
+    ):
         raise DetsegError("cannot write the gallery image", out)
     return out

@@ -73,7 +73,9 @@ def _pipeline(cfg: AugmentConfig, task: Task) -> A.Compose:
         try:
             loaded = A.from_dict(cfg.albumentations)
         except Exception as exc:  # albumentations raises many types for a bad dict
-            raise DetsegError(f"train.augment.albumentations is not a valid albumentations pipeline: {exc}") from None
+            raise DetsegError(
+                f"train.augment.albumentations is not a valid albumentations pipeline: {exc}"
+            ) from None
         transforms = list(loaded.transforms)
         user_boxes = loaded.processors.get("bboxes")
         if user_boxes is not None:
@@ -137,12 +139,19 @@ class Augmenter:
         pipeline = self._thread_pipeline()
         if seed is not None:
             pipeline.set_random_seed(int(seed))
-        data: dict[str, Any] = {"image": image, "bboxes": boxes, "labels": labels, "box_index": np.arange(len(boxes))}
+        data: dict[str, Any] = {
+            "image": image,
+            "bboxes": boxes,
+            "labels": labels,
+            "box_index": np.arange(len(boxes)),
+        }
         if masks is not None:
             masks = np.asarray(masks)
             expected = 2 if self.task == "segmentation" else 3
             if masks.ndim != expected:
-                raise ValueError(f"{self.task} masks must have {expected} dimensions, got shape {masks.shape}")
+                raise ValueError(
+                    f"{self.task} masks must have {expected} dimensions, got shape {masks.shape}"
+                )
             data["mask" if expected == 2 else "masks"] = masks
         out = pipeline(**data)
         index = np.asarray(out["box_index"], np.int64)
@@ -153,7 +162,11 @@ class Augmenter:
         elif self.task == "segmentation":
             new_masks = out["mask"]
         else:
-            new_masks = np.asarray(out["masks"])[index] if len(index) else np.zeros((0,) + out["image"].shape[:2], masks.dtype)
+            new_masks = (
+                np.asarray(out["masks"])[index]
+                if len(index)
+                else np.zeros((0,) + out["image"].shape[:2], masks.dtype)
+            )
         return out["image"], new_boxes, new_labels, new_masks
 
 

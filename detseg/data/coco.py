@@ -52,7 +52,8 @@ def _image_table(doc: dict[str, Any], path: Path) -> list[dict[str, Any]]:
     dup = [i for i, n in Counter(ids).items() if n > 1]
     if dup:
         raise DetsegError(
-            f"duplicated image id(s) {sorted(dup, key=str)[:5]} ({len(dup)} ids used more than once)", path
+            f"duplicated image id(s) {sorted(dup, key=str)[:5]} ({len(dup)} ids used more than once)",
+            path,
         )
     return images
 
@@ -67,7 +68,9 @@ def _bbox_from_segmentation(seg: Any, height: int, width: int) -> list[float] | 
         return None
 
 
-def _sized_image(im: dict[str, Any], image_dir: Path, check_images: bool, path: Path) -> tuple[Path, int, int]:
+def _sized_image(
+    im: dict[str, Any], image_dir: Path, check_images: bool, path: Path
+) -> tuple[Path, int, int]:
     """The image's path and size, checked against its header when `check_images`."""
     name = im.get("file_name")
     if not isinstance(name, str):
@@ -77,10 +80,15 @@ def _sized_image(im: dict[str, Any], image_dir: Path, check_images: bool, path: 
     if check_images:
         actual = image_size(image_path)
         if width is not None and height is not None and (int(width), int(height)) != actual:
-            raise DetsegError(f"image is {actual[0]}x{actual[1]} but {path.name} says {width}x{height}", image_path)
+            raise DetsegError(
+                f"image is {actual[0]}x{actual[1]} but {path.name} says {width}x{height}",
+                image_path,
+            )
         width, height = actual
     elif width is None or height is None:
-        raise DetsegError(f"image id {im['id']!r} has no width/height (and images are not read)", path)
+        raise DetsegError(
+            f"image id {im['id']!r} has no width/height (and images are not read)", path
+        )
     return image_path, int(width), int(height)
 
 
@@ -96,7 +104,9 @@ def load_coco(
     path = Path(json_path)
     doc = read_json(path)
     if not isinstance(doc, dict):
-        raise DetsegError("a COCO file is a JSON object with 'images', 'annotations', 'categories'", path)
+        raise DetsegError(
+            "a COCO file is a JSON object with 'images', 'annotations', 'categories'", path
+        )
     image_dir = Path(image_dir) if image_dir is not None else path.parent
     category_ids, names = _categories(doc, path)
     label_of = {cid: i for i, cid in enumerate(category_ids)}
@@ -107,7 +117,11 @@ def load_coco(
 
     per_image: list[list[dict[str, Any]]] = [[] for _ in images]
     for n, ann in enumerate(_require_list(doc, "annotations", path, required=False)):
-        where = f"{path.name} annotation #{n} (id {ann.get('id')})" if isinstance(ann, dict) else f"{path.name} #{n}"
+        where = (
+            f"{path.name} annotation #{n} (id {ann.get('id')})"
+            if isinstance(ann, dict)
+            else f"{path.name} #{n}"
+        )
         if not isinstance(ann, dict) or ann.get("image_id") not in index_of:
             summary.skip("annotation of an unknown image id", where)
         elif ann.get("category_id") not in label_of:
@@ -118,7 +132,9 @@ def load_coco(
 
     samples = []
     for im, (image_path, width, height), anns in zip(images, sized, per_image, strict=True):
-        samples.append(_sample(im["id"], image_path, width, height, anns, label_of, has_masks, summary, path))
+        samples.append(
+            _sample(im["id"], image_path, width, height, anns, label_of, has_masks, summary, path)
+        )
     summary.warn(path)
     return Dataset(samples, names, summary, category_ids=category_ids, image_dir=image_dir)
 
@@ -145,10 +161,14 @@ def _sample(
             xywh[i] = [float(v) for v in box]
         except (TypeError, ValueError):
             valid[i] = False
-    summary.skip("annotation with a malformed bbox", path.name, int((~valid).sum()))
+            summary.skip(
+                "annotation with a malformed bbox", f"{path.name} annotation id {ann.get('id')}"
+            )
     boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
-    boxes, keep = sanitize_boxes(boxes, width, height, summary, f"{path.name} image {image_id}")
-    keep &= valid
+    keep = np.zeros(len(anns), bool)
+    boxes[valid], keep[valid] = sanitize_boxes(
+        boxes[valid], width, height, summary, f"{path.name} image {image_id}"
+    )
     area = [float(a.get("area", w * h)) for a, (_, _, w, h) in zip(anns, xywh, strict=True)]
     sample = Sample(
         image_path=image_path,
@@ -179,7 +199,9 @@ def decode_instance_masks(sample: Sample) -> np.ndarray:
 def _coco_ids(dataset: Dataset) -> list[int]:
     """The samples' own integer ids when they are unique integers, else 1..N."""
     ids = [s.image_id for s in dataset.samples]
-    if all(isinstance(i, int) and not isinstance(i, bool) for i in ids) and len(set(ids)) == len(ids):
+    if all(isinstance(i, int) and not isinstance(i, bool) for i in ids) and len(set(ids)) == len(
+        ids
+    ):
         return ids  # type: ignore[return-value]
     return list(range(1, len(ids) + 1))
 
@@ -195,13 +217,22 @@ def _round(values: np.ndarray) -> list[float]:
     return [round(float(v), 4) for v in values]
 
 
-def write_coco(dataset: Dataset, json_path: str | Path, image_dir: str | Path | None = None) -> Path:
+def write_coco(
+    dataset: Dataset, json_path: str | Path, image_dir: str | Path | None = None
+) -> Path:
     """Write a COCO instances JSON; `file_name`s are relative to `image_dir` (default: the dataset's)."""
     root = Path(image_dir) if image_dir is not None else dataset.image_dir
     category_ids = dataset.category_ids or list(range(1, dataset.num_classes + 1))
     images, annotations = [], []
     for image_id, s in zip(_coco_ids(dataset), dataset.samples, strict=True):
-        images.append({"id": image_id, "file_name": relative_name(s.image_path, root), "width": s.width, "height": s.height})
+        images.append(
+            {
+                "id": image_id,
+                "file_name": relative_name(s.image_path, root),
+                "width": s.width,
+                "height": s.height,
+            }
+        )
         xywh = np.concatenate([s.boxes[:, :2], s.boxes[:, 2:] - s.boxes[:, :2]], axis=1)
         area = s.area if s.area is not None else xywh[:, 2] * xywh[:, 3]
         crowd = s.iscrowd if s.iscrowd is not None else np.zeros(s.num_boxes, bool)
@@ -211,11 +242,16 @@ def write_coco(dataset: Dataset, json_path: str | Path, image_dir: str | Path | 
                 "image_id": image_id,
                 "category_id": category_ids[int(s.labels[i])],
                 "bbox": _round(xywh[i]),
-                "area": round(float(area[i]), 4),
+                "area": float(area[i]),
                 "iscrowd": int(crowd[i]),
             }
             if s.masks is not None and s.masks[i]:
                 ann["segmentation"] = _json_segmentation(s.masks[i])
             annotations.append(ann)
-    categories = [{"id": cid, "name": name} for cid, name in zip(category_ids, dataset.class_names, strict=True)]
-    return write_json({"images": images, "annotations": annotations, "categories": categories}, json_path)
+    categories = [
+        {"id": cid, "name": name}
+        for cid, name in zip(category_ids, dataset.class_names, strict=True)
+    ]
+    return write_json(
+        {"images": images, "annotations": annotations, "categories": categories}, json_path
+    )

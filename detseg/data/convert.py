@@ -40,13 +40,21 @@ def read_annotations(
     if fmt == "coco":
         return load_coco(annotations, images, check_images=check_images)
     if fmt == "voc":
-        return load_voc(annotations, images, split, names=list(names) if names else None, check_images=check_images)
+        return load_voc(
+            annotations,
+            images,
+            split,
+            names=list(names) if names else None,
+            check_images=check_images,
+        )
     if fmt == "via":
         return load_via(annotations, images, names=list(names) if names else None)
     if fmt == "imagefolder":
         return load_imagefolder(annotations)
     if images is None:
-        raise DetsegError(f"the {fmt} format needs the image folder (--images / images:)", annotations)
+        raise DetsegError(
+            f"the {fmt} format needs the image folder (--images / images:)", annotations
+        )
     if fmt == "yolo":
         return load_yolo(annotations, images, names)
     if fmt == "masks":
@@ -68,7 +76,9 @@ class ConvertReport:
     summary: Summary
 
     def __str__(self) -> str:
-        lines = [f"{self.src_format} -> {self.dst_format}: {self.images} images, {self.boxes} boxes written to {self.output}"]
+        lines = [
+            f"{self.src_format} -> {self.dst_format}: {self.images} images, {self.boxes} boxes written to {self.output}"
+        ]
         return "\n".join(lines + self.summary.problem_lines())
 
 
@@ -90,9 +100,13 @@ def convert(
     """
     for fmt in (src_format, dst_format):
         if fmt not in BOX_FORMATS:
-            raise DetsegError(f"cannot convert format {fmt!r}; box formats: {', '.join(BOX_FORMATS)}")
+            raise DetsegError(
+                f"cannot convert format {fmt!r}; box formats: {', '.join(BOX_FORMATS)}"
+            )
     dataset = read_annotations(src_format, src, images, names=names)
-    writer = {"coco": write_coco, "voc": write_voc, "yolo": write_yolo, "via": write_via}[dst_format]
+    writer = {"coco": write_coco, "voc": write_voc, "yolo": write_yolo, "via": write_via}[
+        dst_format
+    ]
     output = writer(dataset, dst, dataset.image_dir)
     boxes = sum(s.num_boxes for s in dataset.samples)
     return ConvertReport(src_format, dst_format, Path(output), len(dataset), boxes, dataset.summary)

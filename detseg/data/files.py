@@ -29,7 +29,9 @@ def read_json(path: str | Path, what: str = "annotation file") -> Any:
     try:
         return json.loads(data)
     except json.JSONDecodeError as exc:
-        raise DetsegError(f"not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}", path) from None
+        raise DetsegError(
+            f"not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}", path
+        ) from None
     except UnicodeDecodeError:
         raise DetsegError("not valid JSON: not UTF-8 text", path) from None
 
@@ -43,7 +45,9 @@ def read_xml(path: str | Path, what: str = "annotation file") -> ET.Element:
     except ET.ParseError as exc:
         line, column = exc.position
         message = str(exc).split(":")[0]
-        raise DetsegError(f"XML does not parse at line {line} column {column + 1}: {message}", path) from None
+        raise DetsegError(
+            f"XML does not parse at line {line} column {column + 1}: {message}", path
+        ) from None
 
 
 def write_json(obj: Any, path: str | Path) -> Path:

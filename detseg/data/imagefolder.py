@@ -31,5 +31,14 @@ def load_imagefolder(root: str | Path) -> Dataset:
             summary.note(f"class folder without images: {class_dir.name}")
         for image_path in images:
             width, height = image_size(image_path)
-            samples.append(Sample(image_path, width, height, [[0, 0, width, height]], [label], image_id=image_path.stem))
+            samples.append(
+                Sample(
+                    image_path,
+                    width,
+                    height,
+                    [[0, 0, width, height]],
+                    [label],
+                    image_id=image_path.stem,
+                )
+            )
     return Dataset(samples, [p.name for p in class_dirs], summary, image_dir=root)

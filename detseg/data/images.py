@@ -67,7 +67,9 @@ def find_images(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise DetsegError("image folder not found", folder)
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    return sorted(
+        p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+    )
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,9 @@ def letterbox_params(width: int, height: int, size: int) -> LetterboxParams:
     )
 
 
-def resize_to_fit(image: np.ndarray, size: int, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
+def resize_to_fit(
+    image: np.ndarray, size: int, interpolation: int = cv2.INTER_LINEAR
+) -> np.ndarray:
     """Resize keeping the aspect ratio so that the longer side is `size` (the letterbox without padding)."""
     h, w = image.shape[:2]
     new_w, new_h = letterbox_params(w, h, size).resized

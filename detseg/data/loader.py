@@ -48,6 +48,11 @@ PAD_LABEL = -1
 Encoder = Callable[..., Any]
 
 
+def _area(boxes: np.ndarray) -> np.ndarray:
+    """Areas of `[N, 4]` xyxy boxes (0 for empty ones)."""
+    return np.maximum(boxes[:, 2] - boxes[:, 0], 0) * np.maximum(boxes[:, 3] - boxes[:, 1], 0)
+
+
 class PaddedBoxEncoder:
     """Default targets: `{"boxes": [B, M, 4] float32, "labels": [B, M] int32}`, padded with PAD_LABEL.
 
@@ -81,7 +86,9 @@ class SemanticMaskEncoder:
 
     uses_masks = "semantic"
 
-    def __call__(self, boxes: list[np.ndarray], labels: list[np.ndarray], masks: list[np.ndarray]) -> np.ndarray:
+    def __call__(
+        self, boxes: list[np.ndarray], labels: list[np.ndarray], masks: list[np.ndarray]
+    ) -> np.ndarray:
         return np.stack(masks).astype(np.int32)
 
 
@@ -112,9 +119,13 @@ class DetectionLoader(keras.utils.PyDataset):
         mosaic_p: float = 0.0,
         max_queue_size: int = 10,
     ):
-        super().__init__(workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
+        super().__init__(
+            workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size
+        )
         if input_size < 1 or batch_size < 1:
-            raise ValueError(f"input_size and batch_size must be >= 1, got {input_size} and {batch_size}")
+            raise ValueError(
+                f"input_size and batch_size must be >= 1, got {input_size} and {batch_size}"
+            )
         if not 0.0 <= mosaic_p <= 1.0:
             raise ValueError(f"mosaic_p must be in [0, 1], got {mosaic_p}")
         if not len(dataset):
@@ -127,10 +138,16 @@ class DetectionLoader(keras.utils.PyDataset):
         self.seed = int(seed)
         self.mosaic_p = float(mosaic_p)
         most = max(s.num_boxes for s in dataset.samples)
-        self.encoder = encoder if encoder is not None else PaddedBoxEncoder(max(1, most * (4 if mosaic_p else 1)))
+        self.encoder = (
+            encoder
+            if encoder is not None
+            else PaddedBoxEncoder(max(1, most * (4 if mosaic_p else 1)))
+        )
         self.semantic = getattr(self.encoder, "uses_masks", None) == "semantic"
         if self.semantic and dataset.mask_values is None:
-            raise ValueError("a semantic-mask encoder needs a dataset with semantic masks (mask_values)")
+            raise ValueError(
+                "a semantic-mask encoder needs a dataset with semantic masks (mask_values)"
+            )
         self._lut = dataset.mask_lut()
         self.epoch = 0
         self._order = self._epoch_order()
@@ -139,7 +156,11 @@ class DetectionLoader(keras.utils.PyDataset):
 
     def _epoch_order(self) -> np.ndarray:
         n = len(self.dataset)
-        return np.random.default_rng([self.seed, self.epoch]).permutation(n) if self.shuffle else np.arange(n)
+        return (
+            np.random.default_rng([self.seed, self.epoch]).permutation(n)
+            if self.shuffle
+            else np.arange(n)
+        )
 
     def set_epoch(self, epoch: int) -> None:
         """Jump to `epoch` (its order and augmentation), e.g. when resuming training."""
@@ -163,7 +184,9 @@ class DetectionLoader(keras.utils.PyDataset):
 
     def batch_params(self, index: int) -> list[LetterboxParams]:
         """The letterbox of each row of batch `index` (exact for un-augmented, non-mosaic batches)."""
-        return [letterbox_params(s.width, s.height, self.input_size) for s in self.batch_samples(index)]
+        return [
+            letterbox_params(s.width, s.height, self.input_size) for s in self.batch_samples(index)
+        ]
 
     # === One sample ===
 
@@ -192,7 +215,9 @@ class DetectionLoader(keras.utils.PyDataset):
         for corner, sample in enumerate(samples):
             image, boxes, mask = self._read(sample)
             h, w = image.shape[:2]
-            x0 = cx - w if corner in (0, 2) else cx  # corners: top-left, top-right, bottom-left, bottom-right
+            x0 = (
+                cx - w if corner in (0, 2) else cx
+            )  # corners: top-left, top-right, bottom-left, bottom-right
             y0 = cy - h if corner in (0, 1) else cy
             ix0, iy0, ix1, iy1 = max(x0, 0), max(y0, 0), min(x0 + w, 2 * s), min(y0 + h, 2 * s)
             canvas[iy0:iy1, ix0:ix1] = image[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0]
@@ -204,8 +229,7 @@ class DetectionLoader(keras.utils.PyDataset):
         boxes = np.concatenate(all_boxes) - window
         labels = np.concatenate(all_labels)
         clipped = np.clip(boxes, 0, s)
-        area = lambda b: np.maximum(b[:, 2] - b[:, 0], 0) * np.maximum(b[:, 3] - b[:, 1], 0)  # noqa: E731
-        keep = area(clipped) >= 0.3 * np.maximum(area(boxes), 1e-6)
+        keep = _area(clipped) >= 0.3 * np.maximum(_area(boxes), 1e-6)
         x, y = cx - s // 2, cy - s // 2
         image = canvas[y : y + s, x : x + s]
         mask = mask_canvas[y : y + s, x : x + s] if mask_canvas is not None else None
@@ -217,13 +241,17 @@ class DetectionLoader(keras.utils.PyDataset):
         sample = self.dataset.samples[self._order[position]]
         if self.mosaic_p and rng.random() < self.mosaic_p:
             partners = rng.integers(0, len(self.dataset), 3)
-            image, boxes, labels, mask = self._mosaic([sample] + [self.dataset.samples[p] for p in partners], rng)
+            image, boxes, labels, mask = self._mosaic(
+                [sample] + [self.dataset.samples[p] for p in partners], rng
+            )
         else:
             image, boxes, mask = self._read(sample)
             labels = sample.labels
         if self.augment is not None:
             if isinstance(self.augment, Augmenter):
-                image, boxes, labels, mask = self.augment(image, boxes, labels, mask, seed=int(rng.integers(1 << 31)))
+                image, boxes, labels, mask = self.augment(
+                    image, boxes, labels, mask, seed=int(rng.integers(1 << 31))
+                )
             else:
                 image, boxes, labels, mask = self.augment(image, boxes, labels, mask)
         image, params = letterbox(image, self.input_size)

@@ -34,7 +34,9 @@ def read_mask(path: str | Path) -> np.ndarray:
         raise DetsegError(f"mask does not decode ({exc.__class__.__name__})", path) from None
     if values.ndim == 3:
         if not (values[..., :3] == values[..., :1]).all():
-            raise DetsegError("colour masks are not supported: save grey, index or palette PNGs", path)
+            raise DetsegError(
+                "colour masks are not supported: save grey, index or palette PNGs", path
+            )
         values = values[..., 0]
     return values
 
@@ -58,8 +60,14 @@ def load_masks(
     image_dir, mask_dir = Path(image_dir), Path(mask_dir)
     classes = [str(c) for c in classes]
     values = list(range(len(classes))) if values is None else [int(v) for v in values]
-    if len(values) != len(classes) or len(set(values)) != len(values) or not all(0 <= v < 1 << 16 for v in values):
-        raise DetsegError(f"need one distinct mask value (0..65535) per class: classes {classes}, values {values}")
+    if (
+        len(values) != len(classes)
+        or len(set(values)) != len(values)
+        or not all(0 <= v < 1 << 16 for v in values)
+    ):
+        raise DetsegError(
+            f"need one distinct mask value (0..65535) per class: classes {classes}, values {values}"
+        )
     masks = {Path(relative_name(p, mask_dir)).with_suffix(""): p for p in find_images(mask_dir)}
     summary = Summary()
     samples, used = [], set()
@@ -75,13 +83,25 @@ def load_masks(
         width, height = image_size(image_path)
         raw = read_mask(mask_path)
         if raw.shape != (height, width):
-            raise DetsegError(f"mask is {raw.shape[1]}x{raw.shape[0]} but its image is {width}x{height}", mask_path)
+            raise DetsegError(
+                f"mask is {raw.shape[1]}x{raw.shape[0]} but its image is {width}x{height}",
+                mask_path,
+            )
         if not known[raw].all():
-            summary.clip(f"mask with pixel values outside {values} (those pixels are ignored)", mask_path.name)
-        samples.append(Sample(image_path, width, height, semantic_mask_path=mask_path, image_id=image_path.stem))
+            summary.clip(
+                f"mask with pixel values outside {values} (those pixels are ignored)",
+                mask_path.name,
+            )
+        samples.append(
+            Sample(
+                image_path, width, height, semantic_mask_path=mask_path, image_id=image_path.stem
+            )
+        )
     for key in sorted(set(masks) - used):
         summary.skip("mask without an image", masks[key].name)
     if not samples:
         raise DetsegError(f"no image has a mask in {mask_dir}", image_dir)
     summary.warn(mask_dir)
-    return Dataset(samples, classes, summary, image_dir=image_dir, mask_classes=classes, mask_values=values)
+    return Dataset(
+        samples, classes, summary, image_dir=image_dir, mask_classes=classes, mask_values=values
+    )

@@ -30,10 +30,10 @@ class Sample:
     """One image and its annotations.
 
     `boxes` [N, 4] float32 xyxy absolute pixels; `labels` [N] int32; the optional per-box
-    arrays `iscrowd` [N] bool, `difficult` [N] bool (VOC: ignored by VOC AP) and `area` [N]
-    float32 (COCO's annotation area) and `masks` (a list of N COCO segmentations: a list of
-    polygons `[[x1, y1, x2, y2, ...], ...]`, an RLE dict, or None) all follow the box order.
-    `semantic_mask_path` names a PNG of per-pixel class values; `image_id` is the id the
+    arrays `iscrowd` [N] bool, `difficult` [N] bool (VOC: ignored by VOC AP), `area` [N]
+    float64 (COCO's annotation area, exact for its small/medium/large ranges) and `masks`
+    (a list of N COCO segmentations: polygons `[[x1, y1, x2, y2, ...], ...]`, an RLE dict,
+    or None) all follow the box order. `semantic_mask_path` names a PNG of per-pixel class values; `image_id` is the id the
     annotation file used (COCO id, VOC stem, ...).
     """
 
@@ -58,12 +58,14 @@ class Sample:
         n = len(self.boxes)
         if len(self.labels) != n:
             raise ValueError(f"{len(self.labels)} labels for {n} boxes in {self.image_path}")
-        for name, dtype in (("iscrowd", bool), ("difficult", bool), ("area", np.float32)):
+        for name, dtype in (("iscrowd", bool), ("difficult", bool), ("area", np.float64)):
             value = getattr(self, name)
             if value is not None:
                 value = np.asarray(value, dtype).reshape(-1)
                 if len(value) != n:
-                    raise ValueError(f"{name} has {len(value)} entries for {n} boxes in {self.image_path}")
+                    raise ValueError(
+                        f"{name} has {len(value)} entries for {n} boxes in {self.image_path}"
+                    )
                 setattr(self, name, value)
         if self.masks is not None and len(self.masks) != n:
             raise ValueError(f"{len(self.masks)} masks for {n} boxes in {self.image_path}")
@@ -184,7 +186,9 @@ class Dataset:
         """[65536] uint8 table mapping a raw semantic-mask value to its class index (else IGNORE_INDEX)."""
         lut = np.full(1 << 16, IGNORE_INDEX, np.uint8)
         if self.mask_values is not None:
-            lut[np.asarray(self.mask_values, np.int64)] = np.arange(len(self.mask_values), dtype=np.uint8)
+            lut[np.asarray(self.mask_values, np.int64)] = np.arange(
+                len(self.mask_values), dtype=np.uint8
+            )
         return lut
 
     def summary_text(self) -> str:
@@ -195,7 +199,9 @@ class Dataset:
         labels = [s.labels for s in self.samples if s.num_boxes]
         if labels:
             counts = np.bincount(np.concatenate(labels), minlength=self.num_classes)
-        lines = [f"images: {len(self.samples)}   boxes: {int(per_image.sum())}   classes: {self.num_classes}"]
+        lines = [
+            f"images: {len(self.samples)}   boxes: {int(per_image.sum())}   classes: {self.num_classes}"
+        ]
         width = max([len(n) for n in self.class_names] + [5])
         for name, count in zip(self.class_names, counts, strict=False):
             lines.append(f"  {name:<{width}} {int(count):>8}")
@@ -213,7 +219,8 @@ class Dataset:
             lines.append(f"image sizes: {common}{more}")
         if self.mask_classes:
             pairs = ", ".join(
-                f"{name}={value}" for name, value in zip(self.mask_classes, self.mask_values or [], strict=False)
+                f"{name}={value}"
+                for name, value in zip(self.mask_classes, self.mask_values or [], strict=False)
             )
             lines.append(f"semantic mask classes (value): {pairs}")
         for fact, count in sorted(self.summary.notes.items()):
@@ -227,10 +234,15 @@ _SIZE_EDGES = np.array([0, 8, 16, 32, 64, 128, 256, np.inf])
 
 
 def _size_histogram(boxes: np.ndarray) -> str:
-    """Counts of boxes per sqrt(area) bin, e.g. `<8: 0 | 8-16: 3 | ...` (32 and 96 are COCO's small/large edges)."""
-    side = np.sqrt(np.maximum(boxes[:, 2] - boxes[:, 0], 0) * np.maximum(boxes[:, 3] - boxes[:, 1], 0))
+    """Counts of boxes per sqrt(area) bin, e.g. `0-8: 0 | 8-16: 3 | ...` (COCO calls < 32 small, >= 96 large)."""
+    side = np.sqrt(
+        np.maximum(boxes[:, 2] - boxes[:, 0], 0) * np.maximum(boxes[:, 3] - boxes[:, 1], 0)
+    )
     hist, _ = np.histogram(side, bins=_SIZE_EDGES)
-    names = [f"{int(a)}-{int(b)}" if np.isfinite(b) else f">={int(a)}" for a, b in zip(_SIZE_EDGES[:-1], _SIZE_EDGES[1:], strict=True)]
+    names = [
+        f"{int(a)}-{int(b)}" if np.isfinite(b) else f">={int(a)}"
+        for a, b in zip(_SIZE_EDGES[:-1], _SIZE_EDGES[1:], strict=True)
+    ]
     return " | ".join(f"{n}: {int(c)}" for n, c in zip(names, hist, strict=True))
 
 
@@ -252,7 +264,11 @@ def sanitize_boxes(
     inside = nonempty & (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
     moved = inside & (np.abs(clipped - safe).max(axis=1) > _CLIP_TOLERANCE)
     summary.skip("box with non-finite coordinates", where, int((~finite).sum()))
-    summary.skip("box with zero or negative width/height (x2<=x1 or y2<=y1)", where, int((finite & ~nonempty).sum()))
+    summary.skip(
+        "box with zero or negative width/height (x2<=x1 or y2<=y1)",
+        where,
+        int((finite & ~nonempty).sum()),
+    )
     summary.skip("box entirely outside the image", where, int((nonempty & ~inside).sum()))
     summary.clip("box reaching outside the image, clipped to it", where, int(moved.sum()))
     return clipped, inside

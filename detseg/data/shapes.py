@@ -67,7 +67,9 @@ def _unit_polygon(kind: int) -> np.ndarray:
 _UNIT = [_unit_polygon(k) for k in range(3)]
 
 
-def _polygon(kind: int, cx: float, cy: float, size: float, angle: float, fit_box: bool = True) -> np.ndarray:
+def _polygon(
+    kind: int, cx: float, cy: float, size: float, angle: float, fit_box: bool = True
+) -> np.ndarray:
     """Vertices of a shape rotated by `angle` around (cx, cy).
 
     With `fit_box` the shape is scaled so that its box's longer side is `size` and centred on
@@ -116,7 +118,11 @@ _BACKGROUNDS = 48  # distinct textures per dataset; each image flips/transposes 
 
 def _noise_bank(seed: int, size: int) -> np.ndarray:
     """A [2S, 2S, 3] tile of unit Gaussian noise; images take random crops of it (much cheaper than fresh noise)."""
-    return np.random.default_rng([seed, 7919]).standard_normal((2 * size, 2 * size, 3)).astype(np.float32)
+    return (
+        np.random.default_rng([seed, 7919])
+        .standard_normal((2 * size, 2 * size, 3))
+        .astype(np.float32)
+    )
 
 
 @dataclass
@@ -130,7 +136,12 @@ class _Textures:
     def make(cls, seed: int, size: int) -> _Textures:
         bank = _noise_bank(seed, size)
         rng = np.random.default_rng([seed, 104729])
-        backgrounds = np.stack([np.clip(_background(rng, size, bank), 0, 255).astype(np.uint8) for _ in range(_BACKGROUNDS)])
+        backgrounds = np.stack(
+            [
+                np.clip(_background(rng, size, bank), 0, 255).astype(np.uint8)
+                for _ in range(_BACKGROUNDS)
+            ]
+        )
         return cls(backgrounds, np.round(bank * 3.0).astype(np.int16))
 
     def background(self, rng: np.random.Generator) -> np.ndarray:
@@ -168,7 +179,9 @@ def _background(rng: np.random.Generator, size: int, bank: np.ndarray) -> np.nda
         period = rng.uniform(8, 40)
         direction = rng.uniform(0, np.pi)
         axis = np.arange(size, dtype=np.float32)
-        phase = np.add.outer(axis * np.sin(direction), axis * np.cos(direction)) * (2 * np.pi / period)
+        phase = np.add.outer(axis * np.sin(direction), axis * np.cos(direction)) * (
+            2 * np.pi / period
+        )
         image = base + np.sin(phase)[..., None] * rng.uniform(10, 35, 3).astype(np.float32)
     else:
         image = np.broadcast_to(base, (size, size, 3))
@@ -191,7 +204,9 @@ def _visible_box(inst: np.ndarray, index: int, p: _Placed) -> np.ndarray | None:
     rows, cols = np.flatnonzero(roi.any(axis=1)), np.flatnonzero(roi.any(axis=0))
     if not len(rows):
         return None
-    return np.array([p.x0 + cols[0], p.y0 + rows[0], p.x0 + cols[-1] + 1, p.y0 + rows[-1] + 1], np.float32)
+    return np.array(
+        [p.x0 + cols[0], p.y0 + rows[0], p.x0 + cols[-1] + 1, p.y0 + rows[-1] + 1], np.float32
+    )
 
 
 def _big_enough(box: np.ndarray | None) -> bool:
@@ -199,7 +214,11 @@ def _big_enough(box: np.ndarray | None) -> bool:
 
 
 def _try_place(
-    rng: np.random.Generator, cfg: ShapesConfig, image: np.ndarray, inst: np.ndarray, placed: list[_Placed]
+    rng: np.random.Generator,
+    cfg: ShapesConfig,
+    image: np.ndarray,
+    inst: np.ndarray,
+    placed: list[_Placed],
 ) -> bool:
     """Draw one more shape if a random placement keeps every shape visible and distinct enough."""
     size_px = cfg.image_size
@@ -220,7 +239,10 @@ def _try_place(
         under = inst[y0 : y0 + roi.shape[0], x0 : x0 + roi.shape[1]]
         covered = np.bincount(under[drawn], minlength=len(placed) + 1)
         hit = np.flatnonzero(covered[1:]) + 1
-        if any(placed[i - 1].visible - covered[i] < MIN_VISIBLE_FRACTION * placed[i - 1].full_area for i in hit):
+        if any(
+            placed[i - 1].visible - covered[i] < MIN_VISIBLE_FRACTION * placed[i - 1].full_area
+            for i in hit
+        ):
             continue
         ground = image[y0 : y0 + roi.shape[0], x0 : x0 + roi.shape[1]][drawn & (under == 0)]
         others = [placed[i - 1].color for i in hit] + ([ground.mean(axis=0)] if len(ground) else [])
@@ -230,9 +252,9 @@ def _try_place(
         saved = under.copy()
         under[drawn] = len(placed) + 1
         candidate = _Placed(kind, color, full_area, int(drawn.sum()), x0, y0, roi.shape)
-        if not all(_big_enough(_visible_box(inst, i, placed[i - 1])) for i in hit) or not _big_enough(
-            _visible_box(inst, len(placed) + 1, candidate)
-        ):
+        if not all(
+            _big_enough(_visible_box(inst, i, placed[i - 1])) for i in hit
+        ) or not _big_enough(_visible_box(inst, len(placed) + 1, candidate)):
             under[:] = saved
             continue
         for i in hit:
@@ -255,15 +277,31 @@ def _render(
     return textures.add_grain(rng, image), inst, placed
 
 
-def _annotations(inst: np.ndarray, placed: list[_Placed]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
+def _outline(mask: np.ndarray, x0: int, y0: int) -> list[list[float]]:
+    """COCO polygons that pycocotools rasterises back to exactly the pixels of `mask` (offset by x0, y0).
+
+    Contours through pixel centres lose half a pixel all round (a whole tip of a triangle);
+    traced on the mask upsampled 2x, they run a quarter pixel inside the pixel edges instead.
+    """
+    up = cv2.resize(mask, None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST)
+    contours, _ = cv2.findContours(up, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    return [
+        ((c.reshape(-1, 2) + 0.5) / 2 + [x0, y0]).reshape(-1).tolist()
+        for c in contours
+        if len(c) >= 3
+    ]
+
+
+def _annotations(
+    inst: np.ndarray, placed: list[_Placed]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
     """Visible boxes, labels, pixel areas and COCO polygons of every placed shape."""
     boxes, areas, polygons = [], [], []
     for index, p in enumerate(placed, start=1):
         boxes.append(_visible_box(inst, index, p))
         roi = (inst[p.y0 : p.y0 + p.shape[0], p.x0 : p.x0 + p.shape[1]] == index).astype(np.uint8)
         areas.append(float(roi.sum()))
-        contours, _ = cv2.findContours(roi, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        polygons.append([(c.reshape(-1, 2) + [p.x0, p.y0]).reshape(-1).astype(float).tolist() for c in contours if len(c) >= 3])
+        polygons.append(_outline(roi, p.x0, p.y0))
     labels = np.array([p.kind for p in placed], np.int32)
     return np.array(boxes, np.float32).reshape(-1, 4), labels, np.array(areas, np.float32), polygons
 
@@ -272,7 +310,9 @@ def _annotations(inst: np.ndarray, placed: list[_Placed]) -> tuple[np.ndarray, n
 
 
 def _write_png_jpg(image_path: Path, image: np.ndarray, mask_path: Path, mask: np.ndarray) -> None:
-    ok = cv2.imwrite(str(image_path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    ok = cv2.imwrite(
+        str(image_path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95]
+    )
     ok &= cv2.imwrite(str(mask_path), mask, [cv2.IMWRITE_PNG_COMPRESSION, 1])
     if not ok:
         raise DetsegError("cannot write the generated image", image_path)
@@ -293,9 +333,20 @@ def _write_split(out: Path, split: str, count: int, cfg: ShapesConfig, textures:
             semantic_lut[1 : len(placed) + 1] = labels + 1
             image_path = out / "images" / f"{split}_{i:05d}.jpg"
             mask_path = out / "masks" / f"{split}_{i:05d}.png"
-            writes.append(pool.submit(_write_png_jpg, image_path, image, mask_path, semantic_lut[inst]))
+            writes.append(
+                pool.submit(_write_png_jpg, image_path, image, mask_path, semantic_lut[inst])
+            )
             samples.append(
-                Sample(image_path, cfg.image_size, cfg.image_size, boxes, labels, area=areas, masks=polygons, image_id=i + 1)
+                Sample(
+                    image_path,
+                    cfg.image_size,
+                    cfg.image_size,
+                    boxes,
+                    labels,
+                    area=areas,
+                    masks=polygons,
+                    image_id=i + 1,
+                )
             )
         for done in writes:
             done.result()
@@ -320,12 +371,21 @@ def generate_shapes(cfg: ShapesConfig, cache_dir: str | Path) -> Path:
     tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}")
     try:
         textures = _Textures.make(cfg.seed, cfg.image_size)
-        for split, count in (("train", cfg.num_train), ("val", cfg.num_val), ("test", cfg.num_test)):
+        for split, count in (
+            ("train", cfg.num_train),
+            ("val", cfg.num_val),
+            ("test", cfg.num_test),
+        ):
             if count:
                 _write_split(tmp / split, split, count, cfg, textures)
         if cfg.video_frames:
-            truth = write_shapes_video(tmp / "video.mp4", cfg.video_frames, cfg.image_size, cfg.seed)
-            write_json([{"boxes": b.tolist(), "labels": lb.tolist()} for b, lb in truth], tmp / "video_boxes.json")
+            truth = write_shapes_video(
+                tmp / "video.mp4", cfg.video_frames, cfg.image_size, cfg.seed
+            )
+            write_json(
+                [{"boxes": b.tolist(), "labels": lb.tolist()} for b, lb in truth],
+                tmp / "video_boxes.json",
+            )
         tmp.rename(target)
     except OSError:
         if not target.is_dir():
@@ -369,7 +429,11 @@ def _frame_size(size: int | tuple[int, int]) -> tuple[int, int]:
 
 
 def write_shapes_video(
-    path: str | Path, frames: int, size: int | tuple[int, int] = 320, seed: int = 0, fps: float = 15.0
+    path: str | Path,
+    frames: int,
+    size: int | tuple[int, int] = 320,
+    seed: int = 0,
+    fps: float = 15.0,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Write an MP4 (mp4v) of 3-5 shapes moving and turning without overlapping; return each frame's truth.
 
@@ -382,13 +446,20 @@ def write_shapes_video(
     rng = np.random.default_rng([seed, 4099])
     side = min(width, height)
     bank = _noise_bank(seed, max(width, height))
-    background = np.clip(_background(rng, max(width, height), bank)[:height, :width], 0, 255).astype(np.uint8)
+    background = np.clip(
+        _background(rng, max(width, height), bank)[:height, :width], 0, 255
+    ).astype(np.uint8)
     sizes, centers = [], []
-    for _ in range(int(rng.integers(3, 6))):  # start apart: a shape that finds no free spot is left out
+    for _ in range(
+        int(rng.integers(3, 6))
+    ):  # start apart: a shape that finds no free spot is left out
         size_i = rng.uniform(side / 10, side / 5)
         for _ in range(50):
             center = rng.uniform([size_i, size_i], [width - size_i, height - size_i])
-            if all(np.linalg.norm(center - c) > (size_i + s) * 0.6 for c, s in zip(centers, sizes, strict=True)):
+            if all(
+                np.linalg.norm(center - c) > (size_i + s) * 0.6
+                for c, s in zip(centers, sizes, strict=True)
+            ):
                 sizes.append(size_i)
                 centers.append(center)
                 break
@@ -399,7 +470,10 @@ def write_shapes_video(
     angles = rng.uniform(0, 2 * np.pi, count) * (kinds != 0)
     spin = rng.uniform(-0.05, 0.05, count) * (kinds != 0)
     colors = [_color_far_from(rng, [background.reshape(-1, 3).mean(axis=0)]) for _ in range(count)]
-    colors = [c if c is not None else np.float32([255, 255, 255]) - background.mean(axis=(0, 1)) for c in colors]
+    colors = [
+        c if c is not None else np.float32([255, 255, 255]) - background.mean(axis=(0, 1))
+        for c in colors
+    ]
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -426,7 +500,9 @@ def write_shapes_video(
     return truth
 
 
-def _step(centers: np.ndarray, velocity: np.ndarray, sizes: np.ndarray, width: int, height: int) -> None:
+def _step(
+    centers: np.ndarray, velocity: np.ndarray, sizes: np.ndarray, width: int, height: int
+) -> None:
     """Move every shape one frame in place; a move that would leave the frame or touch another shape reverses it.
 
     Shapes count as discs of diameter `size` here (they fit inside it whatever their turn),
@@ -439,7 +515,10 @@ def _step(centers: np.ndarray, velocity: np.ndarray, sizes: np.ndarray, width: i
         if out.any():
             velocity[i] = np.where(out, -velocity[i], velocity[i])
             continue
-        gaps = np.linalg.norm(np.delete(centers, i, axis=0) - moved, axis=1) - (np.delete(sizes, i) + sizes[i]) * 0.6
+        gaps = (
+            np.linalg.norm(np.delete(centers, i, axis=0) - moved, axis=1)
+            - (np.delete(sizes, i) + sizes[i]) * 0.6
+        )
         if (gaps < 0).any():
             velocity[i] = -velocity[i]
             continue

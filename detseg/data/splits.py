@@ -29,8 +29,12 @@ def _subset(dataset: Dataset, subset: str, split: str) -> Dataset:
     bounds = [int(p) if p.strip() else None for p in subset.split(":")]
     kept = dataset.samples[slice(*bounds)]
     if not kept:
-        raise DetsegError(f"data.{split}.subset {subset!r} keeps none of the {len(dataset)} samples")
-    dataset.summary.note(f"samples left out by data.{split}.subset {subset!r}", len(dataset) - len(kept))
+        raise DetsegError(
+            f"data.{split}.subset {subset!r} keeps none of the {len(dataset)} samples"
+        )
+    dataset.summary.note(
+        f"samples left out by data.{split}.subset {subset!r}", len(dataset) - len(kept)
+    )
     dataset.samples = kept
     return dataset
 
@@ -38,10 +42,17 @@ def _subset(dataset: Dataset, subset: str, split: str) -> Dataset:
 def _read_files(cfg: DataConfig, split_cfg: SplitConfig, split: str) -> Dataset:
     root = Path(cfg.root).expanduser() if cfg.root is not None else None
     annotations = _resolve(split_cfg.annotations, root)
-    if annotations is None and cfg.format in ("voc", "imagefolder") and root is not None and split_cfg != SplitConfig():
+    if (
+        annotations is None
+        and cfg.format in ("voc", "imagefolder")
+        and root is not None
+        and split_cfg != SplitConfig()
+    ):
         annotations = root  # a VOC devkit or an image folder root with only `split:`/`subset:` set
     if annotations is None:
-        raise DetsegError(f"split {split!r} is not configured: set data.{split}.annotations (and images)")
+        raise DetsegError(
+            f"split {split!r} is not configured: set data.{split}.annotations (and images)"
+        )
     dataset = read_annotations(
         cfg.format,
         annotations,
@@ -52,7 +63,10 @@ def _read_files(cfg: DataConfig, split_cfg: SplitConfig, split: str) -> Dataset:
         check_images=cfg.check_images,
     )
     if cfg.names is not None and dataset.class_names != list(cfg.names):
-        raise DetsegError(f"data.names {cfg.names} differ from the classes in the file: {dataset.class_names}", annotations)
+        raise DetsegError(
+            f"data.names {cfg.names} differ from the classes in the file: {dataset.class_names}",
+            annotations,
+        )
     return dataset
 
 

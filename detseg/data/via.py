@@ -38,10 +38,14 @@ def _entries(doc: Any, path: Path) -> list[dict[str, Any]]:
 
 def _regions(entry: dict[str, Any]) -> list[dict[str, Any]]:
     regions = entry.get("regions") or []
-    return list(regions.values()) if isinstance(regions, dict) else list(regions)  # VIA 1.x used a dict
+    return (
+        list(regions.values()) if isinstance(regions, dict) else list(regions)
+    )  # VIA 1.x used a dict
 
 
-def _class_attribute(entries: list[dict[str, Any]], requested: str | None, path: Path) -> str | None:
+def _class_attribute(
+    entries: list[dict[str, Any]], requested: str | None, path: Path
+) -> str | None:
     """The region attribute naming the class: the requested one, 'class', or the file's only one."""
     keys = {k for e in entries for r in _regions(e) for k in (r.get("region_attributes") or {})}
     if requested is not None:
@@ -50,7 +54,9 @@ def _class_attribute(entries: list[dict[str, Any]], requested: str | None, path:
         return _DEFAULT_ATTRIBUTE
     if len(keys) == 1:
         return keys.pop()
-    raise DetsegError(f"several region attributes {sorted(keys)}: choose the class one with class_attribute", path)
+    raise DetsegError(
+        f"several region attributes {sorted(keys)}: choose the class one with class_attribute", path
+    )
 
 
 def _class_value(value: Any) -> str | None:
@@ -74,7 +80,9 @@ def _shape_box(shape: dict[str, Any]) -> tuple[list[float], list[list[float]] | 
         ys = np.asarray(shape["all_points_y"], np.float64)
         if len(xs) < 3 or len(xs) != len(ys):
             raise ValueError("polygon needs 3+ points")
-        return [xs.min(), ys.min(), xs.max(), ys.max()], [np.stack([xs, ys], 1).reshape(-1).tolist()]
+        return [xs.min(), ys.min(), xs.max(), ys.max()], [
+            np.stack([xs, ys], 1).reshape(-1).tolist()
+        ]
     if kind == "circle":
         cx, cy, r = (float(shape[k]) for k in ("cx", "cy", "r"))
         return [cx - r, cy - r, cx + r, cy + r], None
@@ -110,7 +118,10 @@ def load_via(
         where = str(entry["filename"])
         boxes, classes, masks = [], [], []
         for region in _regions(entry):
-            name = _class_value((region.get("region_attributes") or {}).get(attribute)) or default_class
+            name = (
+                _class_value((region.get("region_attributes") or {}).get(attribute))
+                or default_class
+            )
             try:
                 box, mask = _shape_box(region.get("shape_attributes") or {})
             except (KeyError, TypeError, ValueError):
@@ -123,7 +134,9 @@ def load_via(
             classes.append(name)
             masks.append(mask)
         parsed.append((entry, boxes, classes, masks))
-    class_names = list(names) if names is not None else sorted({c for _, _, cs, _ in parsed for c in cs})
+    class_names = (
+        list(names) if names is not None else sorted({c for _, _, cs, _ in parsed for c in cs})
+    )
     label_of = {n: i for i, n in enumerate(class_names)}
 
     samples = []
@@ -132,8 +145,12 @@ def load_via(
         width, height = image_size(image_path)
         known = np.array([c in label_of for c in classes], bool)
         for name in sorted({c for c in classes if c not in label_of}):
-            summary.skip(f"region of unknown class {name!r}", entry["filename"], classes.count(name))
-        clipped, keep = sanitize_boxes(np.array(boxes, np.float32), width, height, summary, entry["filename"])
+            summary.skip(
+                f"region of unknown class {name!r}", entry["filename"], classes.count(name)
+            )
+        clipped, keep = sanitize_boxes(
+            np.array(boxes, np.float32), width, height, summary, entry["filename"]
+        )
         sample = Sample(
             image_path,
             width,
@@ -149,7 +166,10 @@ def load_via(
 
 
 def write_via(
-    dataset: Dataset, json_path: str | Path, image_dir: str | Path | None = None, class_attribute: str = _DEFAULT_ATTRIBUTE
+    dataset: Dataset,
+    json_path: str | Path,
+    image_dir: str | Path | None = None,
+    class_attribute: str = _DEFAULT_ATTRIBUTE,
 ) -> Path:
     """Write VIA 2.x exported annotations: one `rect` region per box, the class in `class_attribute`."""
     root = Path(image_dir) if image_dir is not None else dataset.image_dir
@@ -170,5 +190,10 @@ def write_via(
             }
             for (x1, y1, x2, y2), label in zip(s.boxes, s.labels, strict=True)
         ]
-        doc[f"{filename}{size}"] = {"filename": filename, "size": size, "regions": regions, "file_attributes": {}}
+        doc[f"{filename}{size}"] = {
+            "filename": filename,
+            "size": size,
+            "regions": regions,
+            "file_attributes": {},
+        }
     return write_json(doc, json_path)

@@ -46,9 +46,13 @@ def _int_text(node: ET.Element, tag: str) -> int:
 def _parse(xml_path: Path, summary: Summary) -> _Record:
     root = read_xml(xml_path)
     if root.tag != "annotation":
-        raise DetsegError(f"not a VOC annotation (root element <{root.tag}>, expected <annotation>)", xml_path)
+        raise DetsegError(
+            f"not a VOC annotation (root element <{root.tag}>, expected <annotation>)", xml_path
+        )
     size = root.find("size")
-    width, height = (_int_text(size, "width"), _int_text(size, "height")) if size is not None else (0, 0)
+    width, height = (
+        (_int_text(size, "width"), _int_text(size, "height")) if size is not None else (0, 0)
+    )
     names, boxes, difficult = [], [], []
     for obj in root.iter("object"):
         name = (obj.findtext("name") or "").strip()
@@ -81,15 +85,23 @@ def _layout(root: Path, image_dir: str | Path | None, split: str | None) -> tupl
             raise DetsegError("no .xml annotation files", ann_dir)
         return xmls, images
     if not devkit:
-        raise DetsegError(f"split {split!r} needs the devkit layout (Annotations/, ImageSets/Main/)", root)
+        raise DetsegError(
+            f"split {split!r} needs the devkit layout (Annotations/, ImageSets/Main/)", root
+        )
     split_file = root / "ImageSets" / "Main" / f"{split}.txt"
     if not split_file.is_file():
         raise DetsegError(f"split {split!r} not found (no split file)", split_file)
-    ids = [line.split()[0] for line in split_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    ids = [
+        line.split()[0]
+        for line in split_file.read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
     xmls = [ann_dir / f"{i}.xml" for i in ids]
     missing = [x for x in xmls if not x.is_file()]
     if missing:
-        raise DetsegError(f"{len(missing)} listed ids have no annotation file, e.g. {missing[0]}", split_file)
+        raise DetsegError(
+            f"{len(missing)} listed ids have no annotation file, e.g. {missing[0]}", split_file
+        )
     return xmls, images
 
 
@@ -121,7 +133,9 @@ def load_voc(
     xmls, images = _layout(root, image_dir, split)
     summary = Summary()
     records = [_parse(x, summary) for x in xmls]
-    class_names = list(names) if names is not None else sorted({n for r in records for n in r.names})
+    class_names = (
+        list(names) if names is not None else sorted({n for r in records for n in r.names})
+    )
     label_of = {n: i for i, n in enumerate(class_names)}
     samples = []
     for r in records:
@@ -130,14 +144,19 @@ def load_voc(
         if check_images:
             actual = image_size(image_path)
             if width and height and (width, height) != actual:
-                raise DetsegError(f"image is {actual[0]}x{actual[1]} but {r.xml_path.name} says {width}x{height}", image_path)
+                raise DetsegError(
+                    f"image is {actual[0]}x{actual[1]} but {r.xml_path.name} says {width}x{height}",
+                    image_path,
+                )
             width, height = actual
         elif not (width and height):
             raise DetsegError("no <size> and images are not read", r.xml_path)
         for name, count in Counter(n for n in r.names if n not in label_of).items():
             summary.skip(f"object of unknown class {name!r}", r.xml_path.name, count)
         known = np.array([n in label_of for n in r.names], bool)
-        boxes, keep = sanitize_boxes(np.array(r.boxes, np.float32), width, height, summary, r.xml_path.name)
+        boxes, keep = sanitize_boxes(
+            np.array(r.boxes, np.float32), width, height, summary, r.xml_path.name
+        )
         sample = Sample(
             image_path=image_path,
             width=width,
@@ -159,7 +178,9 @@ def _xml(sample: Sample, filename: str, class_names: list[str]) -> ET.ElementTre
     for tag, value in (("width", sample.width), ("height", sample.height), ("depth", 3)):
         ET.SubElement(size, tag).text = str(value)
     ET.SubElement(root, "segmented").text = "0"
-    difficult = sample.difficult if sample.difficult is not None else np.zeros(sample.num_boxes, bool)
+    difficult = (
+        sample.difficult if sample.difficult is not None else np.zeros(sample.num_boxes, bool)
+    )
     for box, label, diff in zip(sample.boxes, sample.labels, difficult, strict=True):
         obj = ET.SubElement(root, "object")
         ET.SubElement(obj, "name").text = class_names[int(label)]
@@ -182,7 +203,9 @@ def write_voc(dataset: Dataset, out_dir: str | Path, image_dir: str | Path | Non
     stems = Counter(Path(f).stem for f in filenames)
     clash = [s for s, n in stems.items() if n > 1]
     if clash:
-        raise DetsegError(f"several images share the stem {clash[0]!r}: VOC names XMLs by stem", out)
+        raise DetsegError(
+            f"several images share the stem {clash[0]!r}: VOC names XMLs by stem", out
+        )
     out.mkdir(parents=True, exist_ok=True)
     for sample, filename in zip(dataset.samples, filenames, strict=True):
         tree = _xml(sample, filename, dataset.class_names)

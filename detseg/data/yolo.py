@@ -29,12 +29,16 @@ def read_names(names: Sequence[str] | str | Path | None, labels_dir: Path) -> li
     if names is None:
         names = labels_dir / NAMES_FILE
         if not names.is_file():
-            raise DetsegError(f"YOLO labels need class names (pass names, or write {NAMES_FILE})", labels_dir)
+            raise DetsegError(
+                f"YOLO labels need class names (pass names, or write {NAMES_FILE})", labels_dir
+            )
     if isinstance(names, (str, Path)):
         path = Path(names)
         if not path.is_file():
             raise DetsegError("class names file not found", path)
-        result = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        result = [
+            line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
+        ]
         if not result:
             raise DetsegError("class names file is empty", path)
         return result
@@ -59,7 +63,10 @@ def _parse_lines(
             summary.skip("label line that is not numbers", where)
             continue
         if len(values) != 4 and (len(values) < 6 or len(values) % 2):
-            summary.skip("label line with a wrong number of values (need 5, or 1 + an even count >= 6)", where)
+            summary.skip(
+                "label line with a wrong number of values (need 5, or 1 + an even count >= 6)",
+                where,
+            )
             continue
         if not cls.is_integer() or not 0 <= cls < num_classes:
             summary.skip(f"label line with a class id outside 0..{num_classes - 1}", where)
@@ -100,15 +107,27 @@ def load_yolo(
         boxes, labels, masks = _parse_lines(label_path, width, height, len(class_names), summary)
         boxes, keep = sanitize_boxes(boxes, width, height, summary, label_path.name)
         has_masks = any(m is not None for m in masks)
-        sample = Sample(image_path, width, height, boxes, labels, masks=masks if has_masks else None, image_id=image_path.stem)
+        sample = Sample(
+            image_path,
+            width,
+            height,
+            boxes,
+            labels,
+            masks=masks if has_masks else None,
+            image_id=image_path.stem,
+        )
         samples.append(sample.select(keep))
-    for orphan in sorted(p for p in labels_dir.rglob("*.txt") if p.name != NAMES_FILE and p.resolve() not in used):
+    for orphan in sorted(
+        p for p in labels_dir.rglob("*.txt") if p.name != NAMES_FILE and p.resolve() not in used
+    ):
         summary.skip("label file without an image", orphan.name)
     summary.warn(labels_dir)
     return Dataset(samples, class_names, summary, image_dir=image_dir)
 
 
-def write_yolo(dataset: Dataset, labels_dir: str | Path, image_dir: str | Path | None = None) -> Path:
+def write_yolo(
+    dataset: Dataset, labels_dir: str | Path, image_dir: str | Path | None = None
+) -> Path:
     """Write `class cx cy w h` label files (boxes only) plus `classes.txt` into `labels_dir`."""
     out = Path(labels_dir)
     root = Path(image_dir) if image_dir is not None else dataset.image_dir
@@ -119,7 +138,8 @@ def write_yolo(dataset: Dataset, labels_dir: str | Path, image_dir: str | Path |
         b = s.boxes.astype(np.float64)
         cxcywh = np.concatenate([(b[:, :2] + b[:, 2:]) / 2, b[:, 2:] - b[:, :2]], axis=1) / scale
         text = "".join(
-            f"{label} " + " ".join(f"{v:.8f}" for v in row) + "\n" for label, row in zip(s.labels, cxcywh, strict=True)
+            f"{label} " + " ".join(f"{v:.8f}" for v in row) + "\n"
+            for label, row in zip(s.labels, cxcywh, strict=True)
         )
         path = out / Path(relative_name(s.image_path, root)).with_suffix(".txt")
         path.parent.mkdir(parents=True, exist_ok=True)
