@@ -53,10 +53,13 @@ def write_clip(path: Path, frames: int, fps: float = 10.0) -> Path:
     return path
 
 
+def find_red_mask(image: np.ndarray) -> np.ndarray:
+    return (image[..., 0] > 160) & (image[..., 1] < 100) & (image[..., 2] < 100)
+
+
 def find_red(image: np.ndarray) -> dict[str, np.ndarray]:
     """The bounding box of red pixels as one detection (none when there is no red)."""
-    red = (image[..., 0] > 160) & (image[..., 1] < 100) & (image[..., 2] < 100)
-    ys, xs = np.nonzero(red)
+    ys, xs = np.nonzero(find_red_mask(image))
     if xs.size == 0:
         return {
             "boxes": np.zeros((0, 4), np.float32),
@@ -157,50 +160,59 @@ def test_generated_clip_outputs_match_input_and_boxes_are_original_pixels(tmp_pa
 VIDEOS = ["car-detection.mp4", "bottle-detection.mp4"]
 
 
+def centre_box(frames):
+    """A fixed detection: the middle half of whatever frame it is given, class 1."""
+    return [
+        {"boxes": [[w / 4, h / 4, 3 * w / 4, 3 * h / 4]], "scores": [0.5], "labels": [1]}
+        for h, w in (f.shape[:2] for f in frames)
+    ]
+
+
+@pytest.mark.parametrize(
+    "max_frames", [12, pytest.param(None, marks=pytest.mark.slow, id="whole")], ids=str
+)
 @pytest.mark.parametrize("name", VIDEOS)
-def test_real_clip_first_frames_keep_size_fps_and_pixel_boxes(shared_data, tmp_path, name):
+def test_real_clip_keeps_frame_count_size_fps_and_pixel_boxes(
+    shared_data, tmp_path, name, max_frames
+):
     clip = shared_data / "videos" / name
     if not clip.is_file():
         pytest.skip(f"{clip} is absent")
-    source = cv2.VideoCapture(str(clip))
+    source_frames = read_video(clip)[0] if max_frames is None else None
+    probe = cv2.VideoCapture(str(clip))
     width, height = (
-        int(source.get(cv2.CAP_PROP_FRAME_WIDTH)),
-        int(source.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+        int(probe.get(cv2.CAP_PROP_FRAME_WIDTH)),
+        int(probe.get(cv2.CAP_PROP_FRAME_HEIGHT)),
     )
-    fps = source.get(cv2.CAP_PROP_FPS)
-    source.release()
-
-    def centre_box(frames):  # a fixed box: the middle half of whatever frame it is given
-        return [
-            {
-                "boxes": [[f.shape[1] / 4, f.shape[0] / 4, 3 * f.shape[1] / 4, 3 * f.shape[0] / 4]],
-                "scores": [0.5],
-                "labels": [1],
-            }
-            for f in frames
-        ]
+    fps = probe.get(cv2.CAP_PROP_FPS)
+    probe.release()
+    expected = 12 if max_frames else len(source_frames)  # whole clip: the frames OpenCV decodes
 
     summary = run(
         clip,
         centre_box,
         save=tmp_path / "out.mp4",
         jsonl=tmp_path / "det.jsonl",
-        max_frames=12,
+        max_frames=max_frames,
         batch=4,
     )
 
     frames, out_fps, count = read_video(tmp_path / "out.mp4")
-    assert (len(frames), count) == (12, 12)
+    assert (len(frames), count) == (expected, expected)
     assert frames[0].shape == (height, width, 3)
     assert out_fps == pytest.approx(fps, rel=1e-3)
     records = read_jsonl(tmp_path / "det.jsonl")
-    assert len(records) == 12
-    assert records[0]["boxes"] == [
+    assert [r["frame"] for r in records] == list(range(expected))
+    assert records[-1]["boxes"] == [
         pytest.approx([width / 4, height / 4, 3 * width / 4, 3 * height / 4], abs=0.01)
     ]
-    assert records[0]["classes"] == ["other"]
-    assert summary.stop_reason == "max_frames"
-    assert (summary.frames_read, summary.frames_processed) == (12, 12)
+    assert records[-1]["classes"] == ["other"]
+    assert summary.stop_reason == ("max_frames" if max_frames else "end of source")
+    assert (summary.frames_read, summary.frames_processed, summary.frames_dropped) == (
+        expected,
+        expected,
+        0,
+    )
 
 
 def test_batches_give_the_same_records_in_order(tmp_path):
@@ -321,6 +333,22 @@ def test_single_image_even_with_glob_characters_in_its_name(image_folder, tmp_pa
     summary = run(image_folder / "shot[1].png", RedFinder(), save=tmp_path / "out")
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["shot[1].png"]
     assert summary.frames_processed == 1
+
+
+def test_default_drawer_is_detseg_viz_and_gets_the_masks(image_folder, tmp_path):
+    def red_with_mask(frames):
+        results = [find_red(f) for f in frames]
+        for frame, result in zip(frames, results, strict=True):
+            result["masks"] = find_red_mask(frame)[None]  # [1, H, W]: the square's own pixels
+        return results
+
+    run(image_folder / "img0.png", red_with_mask, draw=None, save=tmp_path / "out")
+    annotated = cv2.cvtColor(cv2.imread(str(tmp_path / "out" / "img0.png")), cv2.COLOR_BGR2RGB)
+    x, y = square_position(0)
+    # class 0's palette colour is (230, 25, 75); the 2-px outline is centred on x2 = x + SIDE
+    assert tuple(annotated[y + SIDE // 2, x + SIDE]) == (230, 25, 75)
+    # mask tint, alpha 0.45 truncated: 220*.55+230*.45 = 224.5, 30*.55+25*.45 = 27.75, 30*.55+75*.45 = 50.25
+    assert tuple(annotated[y + SIDE // 2, x + SIDE // 2]) == (224, 27, 50)
 
 
 def test_saving_into_the_input_folder_is_refused(image_folder):
