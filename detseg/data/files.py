@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import xml.etree.ElementTree as ET
@@ -25,7 +26,7 @@ def _read_bytes(path: Path, what: str) -> bytes:
 def read_json(path: str | Path, what: str = "annotation file") -> Any:
     """Parse a JSON file; errors say missing / empty / the line and column where parsing failed."""
     path = Path(path)
-    data = _read_bytes(path, what)
+    data = _read_bytes(path, what).removeprefix(codecs.BOM_UTF8)  # some Windows tools write one
     try:
         return json.loads(data)
     except json.JSONDecodeError as exc:

@@ -15,6 +15,7 @@ __all__ = ["SPLITS", "load_split"]
 
 SPLITS = ("train", "val", "test")
 SplitName = Literal["train", "val", "test"]
+_NAMES_FROM_OBJECTS = ("voc", "via")  # formats whose class list is whatever names the objects use
 
 
 def _resolve(path: str | None, root: Path | None) -> Path | None:
@@ -39,7 +40,9 @@ def _subset(dataset: Dataset, subset: str, split: str) -> Dataset:
     return dataset
 
 
-def _read_files(cfg: DataConfig, split_cfg: SplitConfig, split: str) -> Dataset:
+def _read_files(
+    cfg: DataConfig, split_cfg: SplitConfig, split: str, names: list[str] | None
+) -> Dataset:
     root = Path(cfg.root).expanduser() if cfg.root is not None else None
     annotations = _resolve(split_cfg.annotations, root)
     if (
@@ -57,17 +60,29 @@ def _read_files(cfg: DataConfig, split_cfg: SplitConfig, split: str) -> Dataset:
         cfg.format,
         annotations,
         _resolve(split_cfg.images, root),
-        names=cfg.names,
+        names=names,
         split=split_cfg.split,
         mask_values=cfg.mask_values,
         check_images=cfg.check_images,
     )
-    if cfg.names is not None and dataset.class_names != list(cfg.names):
+    if names is not None and dataset.class_names != list(names):
         raise DetsegError(
-            f"data.names {cfg.names} differ from the classes in the file: {dataset.class_names}",
+            f"data.names {names} differ from the classes in the file: {dataset.class_names}",
             annotations,
         )
     return dataset
+
+
+def _class_names(cfg: DataConfig, split: str) -> list[str] | None:
+    """`data.names`; for VOC/VIA without it, the training split's classes (so labels agree across splits)."""
+    if (
+        cfg.names is not None
+        or cfg.format not in _NAMES_FROM_OBJECTS
+        or split == "train"
+        or cfg.train == SplitConfig()
+    ):
+        return cfg.names
+    return _read_files(cfg, cfg.train, "train", None).class_names
 
 
 def load_split(data_cfg: DataConfig, split: SplitName) -> Dataset:
@@ -75,7 +90,9 @@ def load_split(data_cfg: DataConfig, split: SplitName) -> Dataset:
 
     `builtin: shapes` generates the shapes dataset once under `data.cache_dir` (relative to
     the working directory) and reuses it; otherwise the split's files are read in
-    `data.format`, with relative paths resolved against `data.root`.
+    `data.format`, with relative paths resolved against `data.root`. VOC and VIA splits
+    without `data.names` take the training split's classes, so a label means the same class
+    in every split.
     """
     if split not in SPLITS:
         raise DetsegError(f"unknown split {split!r}; splits: {', '.join(SPLITS)}")
@@ -83,7 +100,7 @@ def load_split(data_cfg: DataConfig, split: SplitName) -> Dataset:
     if data_cfg.builtin == "shapes":
         dataset = load_shapes(data_cfg.shapes, split, data_cfg.cache_dir)
     else:
-        dataset = _read_files(data_cfg, split_cfg, split)
+        dataset = _read_files(data_cfg, split_cfg, split, _class_names(data_cfg, split))
     if split_cfg.subset is not None:
         dataset = _subset(dataset, split_cfg.subset, split)
     return dataset

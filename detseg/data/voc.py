@@ -93,7 +93,7 @@ def _layout(root: Path, image_dir: str | Path | None, split: str | None) -> tupl
         raise DetsegError(f"split {split!r} not found (no split file)", split_file)
     ids = [
         line.split()[0]
-        for line in split_file.read_text(encoding="utf-8").splitlines()
+        for line in split_file.read_text(encoding="utf-8-sig").splitlines()
         if line.strip()
     ]
     xmls = [ann_dir / f"{i}.xml" for i in ids]

@@ -37,7 +37,9 @@ def read_names(names: Sequence[str] | str | Path | None, labels_dir: Path) -> li
         if not path.is_file():
             raise DetsegError("class names file not found", path)
         result = [
-            line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
+            line.strip()
+            for line in path.read_text(encoding="utf-8-sig").splitlines()
+            if line.strip()
         ]
         if not result:
             raise DetsegError("class names file is empty", path)
@@ -51,7 +53,7 @@ def _parse_lines(
     """Boxes (absolute xyxy), labels and polygon masks of one label file; bad lines are counted."""
     boxes, labels, masks = [], [], []
     scale = np.array([width, height], np.float64)
-    for number, line in enumerate(label_path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(label_path.read_text(encoding="utf-8-sig").splitlines(), start=1):
         tokens = line.split()
         if not tokens:
             continue

@@ -286,3 +286,11 @@ def test_unpaired_masks_and_unknown_mask_values_are_counted(tmp_path):
     assert dataset.summary.clipped == {
         "mask with pixel values outside [0, 1] (those pixels are ignored)": 1
     }
+
+
+def test_json_with_a_byte_order_mark_loads(tmp_path):
+    path = _coco(
+        [{"id": 1, "file_name": "a.jpg", "width": 8, "height": 8}], [], tmp_path / "c.json"
+    )
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # as some Windows tools save JSON
+    assert len(load_coco(path, check_images=False)) == 1

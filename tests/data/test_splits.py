@@ -86,3 +86,25 @@ def test_relative_paths_resolve_against_root_and_subset_holds_out(tmp_path):
 def test_unknown_split_name():
     with pytest.raises(DetsegError, match="unknown split 'dev'"):
         load_split(DataConfig(), "dev")
+
+
+def test_voc_val_without_names_takes_the_training_classes(tmp_path):
+    def xml(folder: str, name: str, classes: list[str]) -> None:
+        write_image(tmp_path / f"{name}.jpg", 32, 24)
+        box = "<bndbox><xmin>1</xmin><ymin>1</ymin><xmax>9</xmax><ymax>9</ymax></bndbox>"
+        objects = "".join(f"<object><name>{c}</name>{box}</object>" for c in classes)
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / f"{name}.xml").write_text(
+            f"<annotation><filename>{name}.jpg</filename>{objects}</annotation>"
+        )
+
+    xml("train", "a", ["cat", "dog"])
+    xml("val", "b", ["dog"])  # read alone, val would make "dog" label 0
+    cfg = _data(
+        format="voc",
+        root=str(tmp_path),
+        train={"annotations": "train", "images": "."},
+        val={"annotations": "val", "images": "."},
+    )
+    val = load_split(cfg, "val")
+    assert val.class_names == ["cat", "dog"] and val.samples[0].labels.tolist() == [1]
