@@ -60,7 +60,7 @@ class ShapesConfig(_Section):
     max_objects: int = Field(8, ge=0, description="Most shapes drawn on one image (fewer when they do not fit).")
     min_size: int = Field(16, ge=12, description="Smallest shape size (bounding-box side), in pixels.")
     max_size: int = Field(96, ge=12, description="Largest shape size (bounding-box side), in pixels.")
-    seed: int = Field(0, description="Seed of the generator: the same seed gives the same images.")
+    seed: int = Field(0, ge=0, description="Seed of the generator: the same seed gives the same images.")
     video_frames: int = Field(
         0, ge=0, description="Frames of the moving-shapes MP4 (video.mp4 + video_boxes.json) to write (0: none)."
     )
