@@ -39,6 +39,7 @@ from detseg.data.images import (
 )
 from detseg.data.masks import read_semantic_mask
 from detseg.data.sample import IGNORE_INDEX, Dataset, Sample
+from detseg.errors import DetsegError
 
 __all__ = ["PAD_LABEL", "DetectionLoader", "PaddedBoxEncoder", "SemanticMaskEncoder"]
 
@@ -135,7 +136,7 @@ class DetectionLoader(keras.utils.PyDataset):
         self.batch_size = int(batch_size)
         self.augment = augment
         self.shuffle = shuffle
-        self.seed = int(seed)
+        self.seed = int(seed) % (1 << 32)  # numpy seeds are non-negative
         self.mosaic_p = float(mosaic_p)
         most = max(s.num_boxes for s in dataset.samples)
         self.encoder = (
@@ -193,6 +194,12 @@ class DetectionLoader(keras.utils.PyDataset):
     def _read(self, sample: Sample) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Image resized to fit `S` (longer side), its boxes scaled alike, its semantic mask (or None)."""
         image = read_image(sample.image_path)
+        if image.shape[:2] != (sample.height, sample.width):
+            raise DetsegError(
+                f"image is {image.shape[1]}x{image.shape[0]} but its annotation says "
+                f"{sample.width}x{sample.height}",
+                sample.image_path,
+            )
         resized = resize_to_fit(image, self.input_size)
         params = letterbox_params(sample.width, sample.height, self.input_size)
         boxes = sample.boxes * np.array([params.scale_x, params.scale_y] * 2, np.float32)

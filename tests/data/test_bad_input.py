@@ -92,6 +92,10 @@ def test_image_size_differing_from_the_annotation_is_an_error(tmp_path):
     with pytest.raises(DetsegError, match="image is 64x48 but a.xml says 100x48") as exc:
         load_voc(tmp_path)
     _one_line_error(exc, tmp_path / "a.jpg")
+    unchecked = load_voc(tmp_path, check_images=False)
+    with pytest.raises(DetsegError, match="image is 64x48 but its annotation says 100x48") as exc:
+        DetectionLoader(unchecked, 32, 1)[0]
+    _one_line_error(exc, tmp_path / "a.jpg")
 
 
 # === Files that do not parse, or are empty ===
