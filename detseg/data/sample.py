@@ -121,16 +121,6 @@ class Summary:
         if len(places) < _EXAMPLES_PER_REASON and str(where) not in places:
             places.append(str(where))
 
-    def merge(self, other: Summary) -> None:
-        """Add every count and example of `other` to this summary."""
-        self.skipped.update(other.skipped)
-        self.clipped.update(other.clipped)
-        self.notes.update(other.notes)
-        for reason, places in other.examples.items():
-            mine = self.examples.setdefault(reason, [])
-            mine.extend(p for p in places if p not in mine)
-            del mine[_EXAMPLES_PER_REASON:]
-
     @property
     def num_skipped(self) -> int:
         return sum(self.skipped.values())
