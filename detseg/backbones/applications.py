@@ -7,6 +7,7 @@ include their own rescaling layers.
 """
 
 import difflib
+import functools
 import math
 import os
 
@@ -17,8 +18,8 @@ from detseg.errors import DetsegError
 
 PREFIX = "applications:"
 
-# Side of the probe model used to find each stride's layer when the input size is unknown.
-_PROBE_SIZE = 224
+# Side of the probe model (random weights) used to find each stride's layer.
+_PROBE_SIZE = 512
 
 
 def application_names() -> list[str]:
@@ -44,13 +45,11 @@ def application_backbone(
         if not os.path.isfile(weights):
             raise DetsegError("weights file not found", weights)
     app = _build(constructor, app_name, input_shape, weights)
-    if None in tuple(input_shape[:2]):
-        probe_shape = (_PROBE_SIZE, _PROBE_SIZE, input_shape[2])
-        layer_names = _level_layer_names(_build(constructor, app_name, probe_shape, None))
-    else:
-        layer_names = _level_layer_names(app)
-    levels = {level: app.get_layer(layer).output for level, layer in layer_names.items()}
-    return make_backbone(app.inputs, levels, name=name or f"applications_{app_name}", weights=None)
+    layer_names = _probe_level_layer_names(app_name, input_shape[2])
+    levels = {level: app.get_layer(layer).output for level, layer in layer_names}
+    return make_backbone(
+        app.inputs[0], levels, name=name or f"applications_{app_name}", weights=None
+    )
 
 
 def _constructor(app_name: str):
@@ -77,6 +76,15 @@ def _build(constructor, app_name: str, input_shape, weights) -> keras.Model:
                 "as weights=<file.h5>, or copy it into ~/.keras/models/."
             ) from error
         raise
+
+
+@functools.cache
+def _probe_level_layer_names(app_name: str, channels: int) -> tuple:
+    """((level, layer name), ...) found once per application on a large random-weight probe,
+    where "valid" paddings barely move the map sizes off side / stride; the same layer
+    names then serve any input size."""
+    probe = _build(_constructor(app_name), app_name, (_PROBE_SIZE, _PROBE_SIZE, channels), None)
+    return tuple(_level_layer_names(probe).items())
 
 
 def _is_download_failure(error: Exception) -> bool:
