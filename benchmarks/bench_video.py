@@ -1,9 +1,9 @@
 """Video inference throughput: detseg's threaded runner vs a naive single-threaded loop, one run.
 
 Both sides read the same clip with the same source, call the same fake model, draw the same
-boxes with the same FPS overlay and write the same .mp4 and JSONL with the same sinks; only
-the scheduling differs. The naive loop does decode -> model -> draw -> encode one after the
-other; `run_stream` overlaps them on three threads. Two fake models of fixed cost per frame:
+five boxes with `detseg.viz.draw_detections` and the same FPS overlay, and write the same .mp4
+and JSONL with the same sinks; only the scheduling differs. The naive loop does decode -> model
+-> draw -> encode one after the other; `run_stream` overlaps them on three threads. Two fake models of fixed cost per frame:
 
 - `sleep`: the model waits `cost` ms without using the CPU, like a model on an accelerator;
 - `cpu`:   the model resizes the frame to 416x416 and blurs it until it has cost ~`cost` ms of
@@ -12,19 +12,21 @@ other; `run_stream` overlaps them on three threads. Two fake models of fixed cos
 The model-based figures (the shapes detector, YOLOv3-tiny) come with `detseg predict`.
 
     .venv/bin/python benchmarks/bench_video.py [--video PATH] [--frames 150] [--costs 0 10 30]
-        [--repeats 2] [--cv2-threads N]
+        [--repeats 3] [--cv2-threads N]
 
-"model ms" is the median time of the model's calls measured inside each run (the `cpu` model
-slows down when it shares the cores with decoding and encoding); "busy" is fps x model ms, the
-share of the run the model was computing: 100% means decode, drawing and encoding are hidden.
+"model ms" is the model's mean time per frame measured inside each run (the `cpu` model slows
+down when it shares the cores with decoding and encoding); "busy" is the share of the run's wall
+time spent in the model: 100% means decode, drawing and encoding are entirely hidden.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -33,6 +35,7 @@ import numpy as np
 from detseg.engine.sinks import JsonlSink, RateMeter, VideoFileSink, draw_fps
 from detseg.engine.sources import open_source
 from detseg.engine.video import run_stream
+from detseg.viz import draw_detections
 
 DEFAULT_VIDEO = (
     Path(__file__).resolve().parents[2] / "shared" / "data" / "videos" / "car-detection.mp4"
@@ -100,58 +103,53 @@ def cpu_model(
     return infer
 
 
-def draw_boxes(image, boxes, labels, scores=None, class_names=None, masks=None):
-    """The drawing workload: box outlines and a "name score" label per box, in place."""
-    for (x1, y1, x2, y2), label, score in zip(
-        np.round(boxes).astype(int), labels, scores, strict=True
-    ):
-        cv2.rectangle(image, (x1, y1), (x2, y2), (0, 255, 0), 2)
-        cv2.putText(
-            image,
-            f"{class_names[label]} {score:.2f}",
-            (x1, max(y1 - 4, 10)),
-            cv2.FONT_HERSHEY_SIMPLEX,
-            0.5,
-            (0, 255, 0),
-            1,
-            cv2.LINE_AA,
-        )
-    return image
-
-
 class Timed:
-    """Wraps a model and records the seconds each call took, per frame."""
+    """Wraps a model and adds up the seconds spent in its calls."""
 
     def __init__(self, infer: Callable[[list[np.ndarray]], list[dict]]):
         self.infer = infer
-        self.per_frame: list[float] = []
+        self.seconds = 0.0
+        self.frames = 0
 
     def __call__(self, frames: list[np.ndarray]) -> list[dict]:
         start = time.perf_counter()
         out = self.infer(frames)
-        self.per_frame += [(time.perf_counter() - start) / len(frames)] * len(frames)
+        self.seconds += time.perf_counter() - start
+        self.frames += len(frames)
         return out
 
-    def median_ms(self) -> float:
-        return float(np.median(self.per_frame)) * 1000.0
+
+@dataclass(frozen=True)
+class Run:
+    """One timed run: frames per second, the model's mean ms per frame, and its busy share
+    (model seconds over wall seconds: 100% means decode, drawing and encoding are hidden)."""
+
+    fps: float
+    model_ms: float
+    busy: float
+
+
+def timed_run(pipeline, video: Path, model, frames: int, out: Path) -> Run:
+    timed = Timed(model)
+    start = time.monotonic()
+    done = pipeline(video, timed, frames, out)
+    wall = time.monotonic() - start
+    return Run(done / wall, timed.seconds / timed.frames * 1000.0, timed.seconds / wall)
 
 
 # === The two pipelines ===
 
 
-def naive_loop(video: Path, infer, frames: int, out: Path) -> float:
-    """Decode, infer, draw, encode, one frame at a time on one thread; returns frames per second."""
-    start = time.monotonic()
+def naive_loop(video: Path, infer, frames: int, out: Path) -> int:
+    """Decode, infer, draw, encode, one frame at a time on one thread; returns the frames done."""
     source = open_source(str(video))
-    video_sink, jsonl_sink = (
-        VideoFileSink(out / "naive.mp4", source.fps),
-        JsonlSink(out / "naive.jsonl", NAMES),
-    )
+    video_sink = VideoFileSink(out / "naive.mp4", source.fps)
+    jsonl_sink = JsonlSink(out / "naive.jsonl", NAMES)
     meter = RateMeter()
     done = 0
     while done < frames and (frame := source.read()) is not None:
         det = infer([frame.image])[0]
-        image = draw_boxes(
+        image = draw_detections(
             frame.image, det["boxes"], det["labels"], scores=det["scores"], class_names=NAMES
         )
         video_sink.write(frame, draw_fps(image, meter.tick(time.monotonic())))
@@ -159,22 +157,22 @@ def naive_loop(video: Path, infer, frames: int, out: Path) -> float:
         done += 1
     for closable in (source, video_sink, jsonl_sink):
         closable.close()
-    return done / (time.monotonic() - start)
+    return done
 
 
-def threaded(video: Path, infer, frames: int, out: Path) -> float:
-    start = time.monotonic()
+def threaded(video: Path, infer, frames: int, out: Path) -> int:
+    """`run_stream` with the same model, drawer and outputs; returns the frames done."""
     summary = run_stream(
         str(video),
         infer,
         class_names=NAMES,
-        draw=draw_boxes,
+        draw=draw_detections,
         save=out / "threaded.mp4",
         jsonl=out / "threaded.jsonl",
         max_frames=frames,
         verbose=False,
     )
-    return summary.frames_processed / (time.monotonic() - start)
+    return summary.frames_processed
 
 
 def main() -> None:
@@ -184,7 +182,7 @@ def main() -> None:
     parser.add_argument(
         "--costs", type=float, nargs="+", default=[0.0, 10.0, 30.0], help="model ms per frame"
     )
-    parser.add_argument("--repeats", type=int, default=2, help="best of this many runs per cell")
+    parser.add_argument("--repeats", type=int, default=3, help="best of this many runs per cell")
     parser.add_argument("--cv2-threads", type=int, help="cv2.setNumThreads for both sides")
     args = parser.parse_args()
     if args.cv2_threads is not None:
@@ -195,25 +193,24 @@ def main() -> None:
     probe.close()
     print(
         f"video {args.video.name} {first.shape[1]}x{first.shape[0]}, first {args.frames} frames, "
-        f"save .mp4 + JSONL, best of {args.repeats}, cv2 threads {cv2.getNumThreads()}"
+        f"save .mp4 + JSONL, best of {args.repeats} by fps, cv2 threads {cv2.getNumThreads()}, "
+        f"load average {os.getloadavg()[0]:.1f}"
     )
-    print("model   cost ms | naive: fps  model ms  busy | threaded: fps  model ms  busy | ratio")
+    print("model  cost ms | naive: fps  model ms  busy | threaded: fps  model ms  busy | ratio")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         for cost in args.costs:
             for kind, model in (("sleep", sleep_model(cost)), ("cpu", cpu_model(cost, first))):
-                naive, fast = Timed(model), Timed(model)
-                naive_fps = fast_fps = 0.0
+                naive_runs, fast_runs = [], []
                 for _ in range(args.repeats):  # interleaved, so a busy moment hits both sides
-                    naive_fps = max(naive_fps, naive_loop(args.video, naive, args.frames, out))
-                    fast_fps = max(fast_fps, threaded(args.video, fast, args.frames, out))
-                # busy: the share of wall time the model was computing (1.0 = nothing else shows)
-                naive_busy = naive_fps * naive.median_ms() / 1000.0
-                fast_busy = fast_fps * fast.median_ms() / 1000.0
+                    naive_runs.append(timed_run(naive_loop, args.video, model, args.frames, out))
+                    fast_runs.append(timed_run(threaded, args.video, model, args.frames, out))
+                naive = max(naive_runs, key=lambda r: r.fps)
+                fast = max(fast_runs, key=lambda r: r.fps)
                 print(
-                    f"{kind:<5} {cost:>9.1f} | {naive_fps:>10.1f} {naive.median_ms():>9.1f} "
-                    f"{naive_busy:>5.0%} | {fast_fps:>13.1f} {fast.median_ms():>9.1f} "
-                    f"{fast_busy:>5.0%} | {fast_fps / naive_fps:>4.2f}x"
+                    f"{kind:<5} {cost:>8.1f} | {naive.fps:>10.1f} {naive.model_ms:>9.1f} "
+                    f"{naive.busy:>5.0%} | {fast.fps:>13.1f} {fast.model_ms:>9.1f} "
+                    f"{fast.busy:>5.0%} | {fast.fps / naive.fps:>4.2f}x"
                 )
 
 

@@ -7,6 +7,8 @@ fake model, which makes frame counts deterministic without relying on wall-clock
 
 from __future__ import annotations
 
+import functools
+import http.server
 import importlib.metadata
 import json
 import threading
@@ -279,6 +281,33 @@ def test_label_without_a_class_name_is_a_user_error(tmp_path):
 
     with pytest.raises(DetsegError, match="label 7 has no class name"):
         run(write_clip(tmp_path / "clip.mp4", frames=3), label_seven, jsonl=tmp_path / "det.jsonl")
+
+
+class _QuietFiles(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        """No request log on stderr."""
+
+
+def test_a_video_served_over_http_is_read_like_a_file(tmp_path):
+    write_clip(tmp_path / "clip.mp4", frames=20)
+    handler = functools.partial(_QuietFiles, directory=str(tmp_path))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{server.server_address[1]}/clip.mp4"
+        summary = run(url, RedFinder(), jsonl=tmp_path / "det.jsonl")
+        server.shutdown()
+    # FFmpeg reports the frame count, so it is not live: every frame, in order, none dropped
+    assert (summary.kind, summary.frames_processed, summary.frames_dropped) == ("video", 20, 0)
+    assert [r["frame"] for r in read_jsonl(tmp_path / "det.jsonl")] == list(range(20))
+
+
+def test_an_unreachable_stream_fails_fast_with_one_line():
+    start = time.monotonic()
+    with pytest.raises(
+        DetsegError, match="rtsp://127.0.0.1:1/live: cannot open the stream"
+    ) as info:
+        run("rtsp://127.0.0.1:1/live", RedFinder(), open_timeout=3)
+    assert time.monotonic() - start < 8 and "\n" not in str(info.value)
 
 
 # === Images, folders and globs ===
