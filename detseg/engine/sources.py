@@ -213,7 +213,7 @@ def _open_video(path: Path, timeout: float) -> CaptureSource:
 # === Parsing the source string ===
 
 
-def open_source(spec: str | int, *, open_timeout: float = 10.0) -> FrameSource:
+def open_source(spec: str | int | Path, *, open_timeout: float = 10.0) -> FrameSource:
     """Open what `spec` names: a webcam index ("0"), a URL, a folder, a glob, an image or a video.
 
     Folders are not searched recursively (use a glob such as `dir/**/*.jpg`); entries that are
