@@ -91,9 +91,9 @@ def _kmeans_plus_plus(wh: np.ndarray, k: int, rng: np.random.Generator) -> np.nd
 
 def _lloyd(wh: np.ndarray, centres: np.ndarray, max_iter: int, tol: float) -> np.ndarray:
     """Alternate assignment (highest IoU) and update (mean size) until fewer than a fraction
-    `tol` of the boxes change cluster; return the centres with the best average IoU seen
-    (the mean update does not always raise it). An emptied cluster moves to the box worst
-    covered by the other centres."""
+    `tol` of the boxes change cluster or the average IoU stops rising (the mean update does
+    not always raise it); return the centres with the best average IoU seen. An emptied
+    cluster moves to the box worst covered by the other centres."""
     k = len(centres)
     w, h = wh[:, 0].copy(), wh[:, 1].copy()
     best_centres, best_avg = centres, -1.0
@@ -102,10 +102,10 @@ def _lloyd(wh: np.ndarray, centres: np.ndarray, max_iter: int, tol: float) -> np
         iou = _iou_kn(w, h, centres)
         new_assign = iou.argmax(axis=0)
         avg = float(iou.max(axis=0).mean())
+        improved = avg > best_avg + 1e-7
         if avg > best_avg:
             best_centres, best_avg = centres, avg
-        changed = np.count_nonzero(new_assign != assign)
-        if changed <= tol * len(wh):
+        if not improved or np.count_nonzero(new_assign != assign) <= tol * len(wh):
             break
         assign = new_assign
         counts = np.bincount(assign, minlength=k)

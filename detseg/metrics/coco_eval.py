@@ -223,7 +223,7 @@ def _accumulate(
 
     # What each match counts as. pycocotools stores the matched gt *id* and reads 0 as "no
     # match"; a detection on an ignored gt is ignored, so is an unmatched one out of range.
-    counted = gt.ids[matches.gt] != 0
+    counted = ~gt.zero_id[matches.gt]
     out = dt_out[matches.area, matches.dt]
     ignored = gt_ignore[matches.area, matches.gt] | (~counted & out)
     is_tp = counted & ~ignored

@@ -4,14 +4,15 @@ conventions of pycocotools (`COCO` + `COCO.loadRes`), and clear errors naming th
 pycocotools conventions kept here, because they change the numbers:
 - images and categories are evaluated in sorted-id order; every image of `images` counts,
   and every category of `categories` (one without ground truth scores -1, left out of means);
-- ground-truth `area` is the annotation's own; `iscrowd` marks ignore regions;
-- results get ids 1..N in file order; if the *first* result has a non-empty `bbox`, every
-  result's area is `w * h` (even for segm), otherwise the mask area and box of `segmentation`;
+- ground-truth `area` is the annotation's own; `iscrowd` marks ignore regions; a match to
+  a ground truth whose `id` is 0 counts as no match (pycocotools records matches by id);
+- if the *first* result has a non-empty `bbox`, every result's area is `w * h` (even for
+  segm), otherwise the mask area and box of its `segmentation`;
 - results on a category absent from `categories` are not evaluated (counted in the notes);
   results on an image absent from `images` are an error.
 Departures, where pycocotools would crash: a missing ground-truth `area` becomes the box
-(or mask) area, a missing `iscrowd` is 0, a missing annotation `id` becomes its position + 1;
-each is counted in the notes. An empty results list scores 0 instead of failing.
+(or mask) area and a missing `id` is accepted (both counted in the notes), a missing
+`iscrowd` is 0, and an empty results list scores 0.
 """
 
 from __future__ import annotations
@@ -119,9 +120,13 @@ def _list_field(data: dict, key: str, source, required: bool = True) -> list:
 
 def _index_of(ids: np.ndarray, sorted_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Positions of `ids` in `sorted_ids`, and whether each id is there at all."""
+    nowhere = np.zeros(len(ids), dtype=np.int64), np.zeros(len(ids), dtype=bool)
     if len(sorted_ids) == 0:
-        return np.zeros(len(ids), dtype=np.int64), np.zeros(len(ids), dtype=bool)
-    pos = np.clip(np.searchsorted(sorted_ids, ids), 0, len(sorted_ids) - 1)
+        return nowhere
+    try:
+        pos = np.clip(np.searchsorted(sorted_ids, ids), 0, len(sorted_ids) - 1)
+    except TypeError:  # ids of another type (e.g. strings against integers): none match
+        return nowhere
     return pos.astype(np.int64), sorted_ids[pos] == ids
 
 
@@ -201,8 +206,8 @@ def load_coco_ground_truth(
     crowd = _column(anns, "iscrowd", "annotation", source, default=0).astype(bool)
     masks = _masks(anns, keep, sizes, "annotation", source) if iou_type == "segm" else None
     boxes = _boxes(anns, "annotation", source) if anns else np.zeros((0, 4))
-    missing_area = np.array([("area" not in a) for a in anns], dtype=bool)
-    area = np.array([a.get("area", 0.0) for a in anns], dtype=np.float64)
+    area = _column(anns, "area", "annotation", source, default=np.nan, dtype=np.float64)
+    missing_area = np.isnan(area)
     if missing_area.any():
         fallback = mask_areas(masks) if masks else boxes[:, 2] * boxes[:, 3]
         area[missing_area] = np.asarray(fallback, dtype=np.float64)[missing_area]
@@ -211,7 +216,6 @@ def load_coco_ground_truth(
             f"their {'mask' if masks is not None else 'box'} area was used"
         )
     missing_id = np.array([("id" not in a) for a in anns], dtype=bool)
-    ids = np.array([a.get("id", i + 1) for i, a in zip(keep, anns, strict=True)], dtype=np.int64)
     if missing_id.any():
         notes.append(f"{np.count_nonzero(missing_id)} ground-truth annotations had no 'id'")
     difficult = _column(anns, "difficult", "annotation", source, default=0).astype(bool)
@@ -222,7 +226,7 @@ def load_coco_ground_truth(
         area=area,
         crowd=crowd,
         difficult=difficult,
-        ids=ids,
+        zero_id=np.array([a.get("id") == 0 for a in anns], dtype=bool),
         masks=masks,
     )
     return CocoGroundTruth(table, image_ids, category_ids, class_names, sizes, notes)

@@ -83,7 +83,6 @@ class DetectionEvaluator:
         self._gt_parts: list[GroundTruthTable] = [empty_ground_truth(segm)]
         self._dt_parts: list[DetectionTable] = [empty_detections(segm)]
         self._num_images = 0
-        self._num_gt = 0
         self._tables: tuple[GroundTruthTable, DetectionTable] | None = None
         self.notes = []
 
@@ -98,11 +97,15 @@ class DetectionEvaluator:
             predictions, ground_truth = [predictions], [ground_truth]
         if isinstance(ground_truth, dict) or len(predictions) != len(ground_truth):
             raise DetsegError("update() needs as many prediction dicts as ground-truth dicts")
-        for pred, truth in zip(predictions, ground_truth, strict=True):
-            image = self._num_images
-            self._gt_parts.append(self._ground_truth_table(truth, image))
-            self._dt_parts.append(self._detection_table(pred, image))
-            self._num_images += 1
+        first = self._num_images
+        tables = [  # all validated before any is kept: a bad image leaves the state as it was
+            (self._ground_truth_table(truth, first + i), self._detection_table(pred, first + i))
+            for i, (pred, truth) in enumerate(zip(predictions, ground_truth, strict=True))
+        ]
+        for gt, dt in tables:
+            self._gt_parts.append(gt)
+            self._dt_parts.append(dt)
+        self._num_images += len(tables)
         self._tables = None
 
     def _columns(self, data: dict, what: str, keys: tuple[str, ...]) -> dict:
@@ -110,7 +113,11 @@ class DetectionEvaluator:
         rows dropped."""
         if not isinstance(data, dict) or "boxes" not in data or "labels" not in data:
             raise DetsegError(f"{what} must be a dict with 'boxes' and 'labels'")
-        boxes = np.asarray(data["boxes"], dtype=np.float64).reshape(-1, 4)
+        boxes = np.asarray(data["boxes"], dtype=np.float64)
+        if boxes.size == 0:
+            boxes = boxes.reshape(0, 4)
+        if boxes.ndim != 2 or boxes.shape[1] != 4:
+            raise DetsegError(f"{what}: boxes must be [N, 4] xyxy, got shape {boxes.shape}")
         labels = np.asarray(data["labels"]).reshape(-1)
         if len(labels) != len(boxes):
             raise DetsegError(f"{what}: {len(boxes)} boxes but {len(labels)} labels")
@@ -120,13 +127,14 @@ class DetectionEvaluator:
             if data.get(key) is None:
                 continue
             value = data[key]
-            if key == "masks" and not isinstance(value, list):
-                value = _encode_masks(np.asarray(value))
+            if key == "masks":
+                value = value if isinstance(value, list) else _encode_masks(np.asarray(value))
+            else:
+                value = np.asarray(value, dtype=np.float64).reshape(-1)
             if len(value) != len(boxes):
                 raise DetsegError(f"{what}: {len(boxes)} boxes but {len(value)} {key!r}")
             columns[key] = (
-                [m for m, k in zip(value, keep, strict=True) if k]
-                if key == "masks" else np.asarray(value).reshape(-1)[keep]
+                [m for m, k in zip(value, keep, strict=True) if k] if key == "masks" else value[keep]
             )
         bad = (columns["labels"] < 0) | (columns["labels"] >= len(self.class_names))
         if bad.any():
@@ -134,8 +142,9 @@ class DetectionEvaluator:
                 f"{what}: labels must be in 0..{len(self.class_names) - 1} "
                 f"(or {PAD_LABEL} for padding); got {np.unique(columns['labels'][bad]).tolist()}"
             )
-        if not np.all(np.isfinite(columns["boxes"])):
-            raise DetsegError(f"{what}: boxes contain NaN or infinity")
+        for key in ("boxes", "scores", "area"):
+            if key in columns and not np.all(np.isfinite(columns[key])):
+                raise DetsegError(f"{what}: {key} contain NaN or infinity")
         if self.iou_type == "segm" and "masks" not in columns:
             raise DetsegError(f"{what}: iou_type 'segm' needs 'masks'")
         xyxy = columns["boxes"]
@@ -150,16 +159,14 @@ class DetectionEvaluator:
     def _ground_truth_table(self, data: dict, image: int) -> GroundTruthTable:
         c = self._columns(data, "ground_truth", ("iscrowd", "area", "difficult", "masks"))
         n = len(c["labels"])
-        first_id = self._num_gt + 1  # ids from 1: pycocotools reads id 0 as "no match"
-        self._num_gt += n
         return GroundTruthTable(
             image=np.full(n, image, dtype=np.int64),
             category=c["labels"],
             boxes=c["boxes"],
-            area=np.asarray(c["area"], np.float64) if "area" in c else self._area(c),
+            area=c["area"] if "area" in c else self._area(c),
             crowd=np.asarray(c.get("iscrowd", np.zeros(n)), dtype=bool),
             difficult=np.asarray(c.get("difficult", np.zeros(n)), dtype=bool),
-            ids=np.arange(first_id, first_id + n, dtype=np.int64),
+            zero_id=np.zeros(n, dtype=bool),
             masks=c.get("masks") if self.iou_type == "segm" else None,
         )
 
@@ -172,7 +179,7 @@ class DetectionEvaluator:
             image=np.full(n, image, dtype=np.int64),
             category=c["labels"],
             boxes=c["boxes"],
-            scores=np.asarray(c["scores"], dtype=np.float64),
+            scores=c["scores"],
             area=self._area(c),
             masks=c.get("masks") if self.iou_type == "segm" else None,
         )

@@ -23,7 +23,7 @@ class GroundTruthTable:
     area: np.ndarray  # [G] float64, as given by the annotation (COCO "area")
     crowd: np.ndarray  # [G] bool, COCO iscrowd: an ignore region
     difficult: np.ndarray  # [G] bool, VOC difficult: ignored by the VOC protocol
-    ids: np.ndarray  # [G] int64 annotation ids (pycocotools treats a match to id 0 as none)
+    zero_id: np.ndarray  # [G] bool, annotation id 0: pycocotools reads a match to it as none
     masks: list | None = None  # [G] COCO RLE dicts for iou_type="segm"
 
     def __len__(self) -> int:
@@ -161,7 +161,7 @@ def empty_ground_truth(with_masks: bool = False) -> GroundTruthTable:
     ints, flags = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool)
     return GroundTruthTable(
         image=ints, category=ints, boxes=np.zeros((0, 4)), area=np.zeros(0), crowd=flags,
-        difficult=flags, ids=ints, masks=[] if with_masks else None,
+        difficult=flags, zero_id=flags, masks=[] if with_masks else None,
     )
 
 

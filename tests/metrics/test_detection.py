@@ -132,7 +132,10 @@ def test_no_detections_gives_zero_ap():
     [
         (image([[0, 0, 1, 1]], [3], [0.5]), image([[0, 0, 1, 1]], [0]), r"labels must be in 0\.\.2"),
         (image([[0, 0, 1, 1]], [0, 1], [0.5]), image([[0, 0, 1, 1]], [0]), "1 boxes but 2 labels"),
-        (image([[0, 0, np.nan, 1]], [0], [0.5]), image([], []), "NaN or infinity"),
+        (image([[0, 0, np.nan, 1]], [0], [0.5]), image([], []), "boxes contain NaN or infinity"),
+        (image([[0, 0, 1, 1]], [0], [np.inf]), image([], []), "scores contain NaN or infinity"),
+        ({"boxes": np.zeros((2, 5)), "labels": [0, 0], "scores": [1, 1]}, image([], []),
+         r"boxes must be \[N, 4\] xyxy, got shape \(2, 5\)"),
         (image([[0, 0, 1, 1]], [0]), image([], []), "must have 'scores'"),
         ({"labels": [0]}, image([], []), "must be a dict with 'boxes' and 'labels'"),
     ],
@@ -140,6 +143,15 @@ def test_no_detections_gives_zero_ap():
 def test_bad_updates_raise_clear_errors(pred, truth, message):
     with pytest.raises(DetsegError, match=message):
         DetectionEvaluator(CLASSES).update(pred, truth)
+
+
+def test_a_bad_image_in_a_batch_keeps_nothing_of_the_batch():
+    evaluator = DetectionEvaluator(CLASSES)
+    good = (image([[0, 0, 1, 1]], [0], [0.5]), image([[0, 0, 1, 1]], [0]))
+    bad = (image([[0, 0, 1, 1]], [5], [0.5]), image([], []))
+    with pytest.raises(DetsegError):
+        evaluator.update([good[0], bad[0]], [good[1], bad[1]])
+    assert evaluator.num_images == 0 and len(evaluator.tables()[0]) == 0
 
 
 def test_segm_needs_masks_and_constructor_checks():
