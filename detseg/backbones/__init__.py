@@ -8,6 +8,7 @@ that table after a `.keras` load. `get_backbone` also resolves "applications:<Na
 """
 
 import difflib
+import inspect
 
 import keras
 
@@ -48,6 +49,7 @@ def get_backbone(name: str, input_shape=(None, None, 3), /, **kwargs) -> keras.M
     applications take `weights` and `name` only.
     """
     if name.startswith(APPLICATIONS_PREFIX):
+        _check_arguments(name, application_backbone, kwargs)
         return application_backbone(name[len(APPLICATIONS_PREFIX) :], input_shape, **kwargs)
     if name not in BACKBONES:
         close = difflib.get_close_matches(name, list(BACKBONES), n=3, cutoff=0.5)
@@ -56,7 +58,20 @@ def get_backbone(name: str, input_shape=(None, None, 3), /, **kwargs) -> keras.M
             f"unknown backbone {name!r}{hint} (valid: {', '.join(BACKBONES)}, "
             f"or {APPLICATIONS_PREFIX}<Name> for a keras.applications model)"
         )
+    _check_arguments(name, BACKBONES[name], kwargs)
     return BACKBONES[name](input_shape, **kwargs)
+
+
+def _check_arguments(name: str, builder, kwargs: dict) -> None:
+    """Reject keyword arguments the builder does not take, naming the ones it does."""
+    parameters = inspect.signature(builder).parameters
+    accepted = [p for p, spec in parameters.items() if spec.kind is spec.KEYWORD_ONLY]
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise DetsegError(
+            f"backbone {name!r} takes no argument {', '.join(unknown)} "
+            f"(valid: {', '.join(accepted)})"
+        )
 
 
 __all__ = [

@@ -138,6 +138,13 @@ def test_unknown_names_suggest_the_closest():
         get_backbone("applications:Resnet50")
 
 
+def test_unknown_builder_arguments_are_user_errors():
+    with pytest.raises(DetsegError, match=r"'vgg16' takes no argument padding \(valid: width"):
+        get_backbone("vgg16", padding="valid")
+    with pytest.raises(DetsegError, match="takes no argument width"):
+        get_backbone("applications:MobileNetV2", width=0.5)
+
+
 def test_width_must_be_positive():
     with pytest.raises(DetsegError, match="width must be > 0, got 0"):
         get_backbone("resnet18", width=0)
