@@ -1,7 +1,6 @@
 """detseg.metrics: detection (COCO / VOC) and segmentation metrics, and a Keras callback
 that logs them during training. All metric code is NumPy, outside the graph."""
 
-from detseg.metrics.callback import EvaluateCallback
 from detseg.metrics.coco_eval import CocoEvaluation, evaluate_coco
 from detseg.metrics.confusion import detection_confusion_matrix
 from detseg.metrics.detection import (
@@ -14,6 +13,17 @@ from detseg.metrics.plots import plot_confusion_matrix, plot_pr_curves
 from detseg.metrics.segmentation import SegmentationMetrics
 from detseg.metrics.summary import format_coco_summary, format_summary, format_voc_summary
 from detseg.metrics.voc_eval import VocEvaluation, evaluate_voc, voc_ap
+
+
+def __getattr__(name: str):
+    """`EvaluateCallback` is loaded on first use: it needs Keras and its backend, which the
+    metrics themselves do not, so `detseg evaluate --gt --dt` starts without TensorFlow."""
+    if name == "EvaluateCallback":
+        from detseg.metrics.callback import EvaluateCallback
+
+        return EvaluateCallback
+    raise AttributeError(f"module 'detseg.metrics' has no attribute {name!r}")
+
 
 __all__ = [
     "PAD_LABEL",

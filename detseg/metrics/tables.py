@@ -12,6 +12,8 @@ from dataclasses import dataclass, fields
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from detseg.errors import DetsegError
+
 
 @dataclass
 class GroundTruthTable:
@@ -121,11 +123,11 @@ def mask_iou_pairs(
         dts = np.unique(pair_dt[begin:end])
         n_gt = (end - begin) // len(dts)
         gts = pair_gt[begin : begin + n_gt]
-        block = mask_utils.iou(
-            [dt_masks[i] for i in dts],
-            [gt_masks[j] for j in gts],
-            [int(c) for c in gt_crowd[gts]],
-        )
+        dt_rles, gt_rles = [dt_masks[i] for i in dts], [gt_masks[j] for j in gts]
+        sizes = {tuple(m["size"]) for m in dt_rles + gt_rles}
+        if len(sizes) > 1:
+            raise DetsegError(f"masks of one image have different sizes (h, w): {sorted(sizes)}")
+        block = mask_utils.iou(dt_rles, gt_rles, [int(c) for c in gt_crowd[gts]])
         iou[begin:end] = np.asarray(block, dtype=np.float64).reshape(-1)
     return iou
 

@@ -118,6 +118,16 @@ def test_segm_from_binary_masks_equals_pycocotools():
     np.testing.assert_allclose(evaluator.result()["stats"], reference.stats, rtol=0, atol=1e-9)
 
 
+def test_masks_of_different_sizes_are_an_error():
+    evaluator = DetectionEvaluator(["cat"], iou_type="segm")
+    evaluator.update(
+        image([[0, 0, 4, 4]], [0], [0.9], masks=np.ones((1, 8, 8), np.uint8)),
+        image([[0, 0, 4, 4]], [0], masks=np.ones((1, 6, 8), np.uint8)),
+    )
+    with pytest.raises(DetsegError, match=r"different sizes \(h, w\): \[\(6, 8\), \(8, 8\)\]"):
+        evaluator.result()
+
+
 def test_no_detections_gives_zero_ap():
     evaluator = DetectionEvaluator(CLASSES)
     evaluator.update(image(np.zeros((0, 4)), [], []), image([[0, 0, 50, 50]], [1]))
