@@ -1,1 +1,21 @@
-"""detseg.heads."""
+"""Task heads built on a backbone: each encodes its targets, owns its loss and decodes predictions.
+
+YOLOv3-style detector: `YoloDetector` (model, loss, in-graph decode + NMS), `build_yolo`
+(from a `ModelConfig`), `YoloTargetEncoder` (dense targets for the data loader) and
+`Detector` (fast inference on images of any size, boxes in original pixels).
+"""
+
+from detseg.heads.yolo import YoloDetector, build_yolo
+from detseg.heads.yolo_infer import Detector, host_nms
+from detseg.heads.yolo_targets import NO_OBJECT, PAD_LABEL, YoloTargetEncoder, level_stride
+
+__all__ = [
+    "NO_OBJECT",
+    "PAD_LABEL",
+    "Detector",
+    "YoloDetector",
+    "YoloTargetEncoder",
+    "build_yolo",
+    "host_nms",
+    "level_stride",
+]

@@ -1,0 +1,345 @@
+"""The YOLOv3-style detector: a top-down neck and one anchor head per pyramid level.
+
+`YoloDetector` sits on any backbone whose outputs are a dict of levels `{"P3": ..., ...}`.
+From the coarsest level down, each neck stage runs (1x1, 3x3) conv pairs, predicts its level
+through a 3x3 conv and a 1x1 output conv of `anchors_per_level * (5 + num_classes)` channels,
+and hands a 1x1-reduced, upsampled copy of its features to the next finer level, where it is
+concatenated with the backbone's features (YOLOv3's FPN-like path).
+
+Outputs (training and `model(x)`): `{level: [B, G, G, A, 5 + C]}` raw logits (see
+`yolo_decode`). `fit()` takes batches `(images, targets)` with images float32 [B, S, S, 3] in
+0..1 and targets from `YoloTargetEncoder`; `predict()` returns padded detections
+`{"boxes" [B, D, 4] xyxy input pixels, "scores" [B, D], "labels" [B, D] (-1 pad), "num" [B]}`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+from detseg.errors import DetsegError
+from detseg.heads.yolo_decode import DEFAULT_SCALE_XY, decode_candidates, nms_padded
+from detseg.heads.yolo_loss import BOX_LOSSES, yolo_loss_terms
+from detseg.heads.yolo_targets import YoloTargetEncoder, check_anchors, level_stride
+from detseg.layers.conv import conv_bn_act
+
+__all__ = ["YoloDetector", "YoloTargetEncoder", "build_yolo", "level_stride"]
+
+# Objects expected per image and level when initialising the objectness bias, so the first
+# steps start from a small background probability instead of 0.5 at every anchor.
+_PRIOR_OBJECTS_PER_LEVEL = 4.0
+
+
+def neck_channels(level: str, width: float) -> int:
+    """Channels of a level's neck stage: YOLOv3's 128 / 256 / 512 at P3 / P4 / P5, times width."""
+    return max(8, int(round(level_stride(level) * 16 * width)))
+
+
+def _neck_stage(x, filters: int, depth: int, name: str):
+    """`depth` (1x1 filters, 3x3 2*filters) pairs, then a 1x1 back to `filters`."""
+    for i in range(depth):
+        x = conv_bn_act(x, filters, 1, activation="leaky_relu", name=f"{name}_{i + 1}_reduce")
+        x = conv_bn_act(x, 2 * filters, 3, activation="leaky_relu", name=f"{name}_{i + 1}_expand")
+    return conv_bn_act(x, filters, 1, activation="leaky_relu", name=f"{name}_out")
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1.0 - p))
+
+
+@keras.saving.register_keras_serializable(package="detseg")
+class YoloDetector(keras.Model):
+    """YOLOv3-style anchor detector on a pyramid backbone.
+
+    Args:
+        backbone: `keras.Model` with a fixed input shape (S, S, 3) and dict outputs `{"Pk": ...}`.
+        num_classes: C.
+        anchors: [len(levels) * anchors_per_level, 2] priors (w, h) in input pixels; sorted by
+            area, the smallest go to the finest level.
+        levels: backbone levels to predict on (two for tiny models).
+        anchors_per_level: A.
+        width: channel multiplier of the neck and head (1.0: YOLOv3's 128/256/512).
+        depth: (1x1, 3x3) conv pairs per neck stage (YOLOv3: 2).
+        ignore_thresh, box_loss, box_weight, obj_weight, cls_weight, label_smoothing: the loss
+            (`yolo_loss`); box_loss is one of "yolov3", "ciou", "giou".
+        score_thr, iou_thr, max_det, agnostic_nms: post-processing of `predict()`.
+        pre_nms_topk: (box, class) candidates kept for NMS.
+        scale_xy: grid-sensitivity factor of the centre offsets (`yolo_decode`).
+    """
+
+    def __init__(
+        self,
+        backbone: keras.Model,
+        num_classes: int,
+        anchors,
+        levels=("P3", "P4", "P5"),
+        anchors_per_level: int = 3,
+        width: float = 1.0,
+        depth: int = 1,
+        ignore_thresh: float = 0.5,
+        box_loss: str = "ciou",
+        box_weight: float = 5.0,
+        obj_weight: float = 1.0,
+        cls_weight: float = 1.0,
+        label_smoothing: float = 0.0,
+        score_thr: float = 0.001,
+        iou_thr: float = 0.6,
+        max_det: int = 100,
+        agnostic_nms: bool = False,
+        pre_nms_topk: int = 1000,
+        scale_xy: float = DEFAULT_SCALE_XY,
+        **kwargs,
+    ):
+        # === Layers ===
+        levels = sorted(levels, key=level_stride)  # finest first
+        input_shape = tuple(backbone.input_shape[1:])
+        features_spec = backbone.output if isinstance(backbone.output, dict) else {}
+        missing = [level for level in levels if level not in features_spec]
+        if missing:
+            raise DetsegError(
+                f"backbone {backbone.name!r} has no level {missing} (it has {sorted(features_spec)}); "
+                f"requested levels {levels}"
+            )
+        if len(input_shape) != 3 or None in input_shape or input_shape[0] != input_shape[1]:
+            raise DetsegError(
+                f"the backbone needs a fixed square input shape (S, S, 3), got {input_shape}"
+            )
+        if num_classes < 1 or box_loss not in BOX_LOSSES or depth < 1 or width <= 0:
+            raise DetsegError(
+                f"need num_classes >= 1, box_loss in {BOX_LOSSES}, depth >= 1 and width > 0; got "
+                f"num_classes={num_classes}, box_loss={box_loss!r}, depth={depth}, width={width}"
+            )
+        input_size = input_shape[0]
+        anchors = check_anchors(anchors, len(levels), anchors_per_level)
+        outputs_per_anchor = 5 + num_classes
+
+        # === Functional Model ===
+        images = keras.Input(shape=input_shape, name="images")
+        features = backbone(images)
+        outputs = {}
+        x = None
+        for coarser, level in zip([None, *levels[::-1]], levels[::-1], strict=False):
+            filters = neck_channels(level, width)
+            if x is None:
+                x = features[level]
+            else:
+                x = conv_bn_act(x, filters, 1, activation="leaky_relu", name=f"{level}_lateral")
+                factor = level_stride(coarser) // level_stride(level)
+                x = keras.layers.UpSampling2D(factor, name=f"{level}_upsample")(x)
+                x = keras.layers.Concatenate(name=f"{level}_concat")([x, features[level]])
+            x = _neck_stage(x, filters, depth, name=f"{level}_neck")
+            y = conv_bn_act(x, 2 * filters, 3, activation="leaky_relu", name=f"{level}_head")
+            y = keras.layers.Conv2D(
+                anchors_per_level * outputs_per_anchor, 1, name=f"{level}_pred"
+            )(y)
+            grid = input_size // level_stride(level)
+            outputs[level] = keras.layers.Reshape(
+                (grid, grid, anchors_per_level, outputs_per_anchor), name=level
+            )(y)
+        super().__init__(
+            inputs=images, outputs={level: outputs[level] for level in levels}, **kwargs
+        )
+
+        # === Config ===
+        self.backbone = backbone
+        self.num_classes = int(num_classes)
+        self.anchors = anchors
+        self.levels = tuple(levels)
+        self.anchors_per_level = int(anchors_per_level)
+        self.width = float(width)
+        self.depth = int(depth)
+        self.ignore_thresh = float(ignore_thresh)
+        self.box_loss = box_loss
+        self.box_weight = float(box_weight)
+        self.obj_weight = float(obj_weight)
+        self.cls_weight = float(cls_weight)
+        self.label_smoothing = float(label_smoothing)
+        self.score_thr = float(score_thr)
+        self.iou_thr = float(iou_thr)
+        self.max_det = int(max_det)
+        self.agnostic_nms = bool(agnostic_nms)
+        self.pre_nms_topk = int(pre_nms_topk)
+        self.scale_xy = float(scale_xy)
+        self.input_size = int(input_size)
+        self.strides = {level: level_stride(level) for level in self.levels}
+        self.level_anchors = {
+            level: anchors[i * anchors_per_level : (i + 1) * anchors_per_level]
+            for i, level in enumerate(self.levels)
+        }
+        self.box_loss_tracker = keras.metrics.Mean(name="box_loss")
+        self.obj_loss_tracker = keras.metrics.Mean(name="obj_loss")
+        self.cls_loss_tracker = keras.metrics.Mean(name="cls_loss")
+        self._init_output_biases()
+
+    def _init_output_biases(self) -> None:
+        """Start objectness at a low prior (a few objects per level) and classes at 1/C."""
+        class_prior = min(0.5, 1.0 / self.num_classes)
+        for level in self.levels:
+            grid = self.input_size // self.strides[level]
+            obj_prior = min(0.5, _PRIOR_OBJECTS_PER_LEVEL / (grid * grid * self.anchors_per_level))
+            bias = np.zeros((self.anchors_per_level, 5 + self.num_classes), np.float32)
+            bias[:, 4] = _logit(obj_prior)
+            bias[:, 5:] = _logit(class_prior)
+            self.get_layer(f"{level}_pred").bias.assign(bias.reshape(-1))
+
+    # === Training ===
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """Weighted box + objectness + class loss, averaged over the images of the batch.
+
+        `y` is the `YoloTargetEncoder` dict; `sample_weight` [B] optionally weighs images.
+        The weighted terms are logged as `box_loss`, `obj_loss`, `cls_loss`.
+        """
+        box, obj, cls = yolo_loss_terms(
+            y,
+            y_pred,
+            self.level_anchors,
+            self.strides,
+            num_classes=self.num_classes,
+            input_size=self.input_size,
+            ignore_thresh=self.ignore_thresh,
+            box_loss=self.box_loss,
+            label_smoothing=self.label_smoothing,
+            scale_xy=self.scale_xy,
+        )
+        image_weight = (
+            1.0 if sample_weight is None else ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
+        )
+        batch = ops.cast(ops.shape(box)[0], "float32")
+        box_loss = self.box_weight * ops.sum(box * image_weight) / batch
+        obj_loss = self.obj_weight * ops.sum(obj * image_weight) / batch
+        cls_loss = self.cls_weight * ops.sum(cls * image_weight) / batch
+        self.box_loss_tracker.update_state(box_loss)
+        self.obj_loss_tracker.update_state(obj_loss)
+        self.cls_loss_tracker.update_state(cls_loss)
+        total = box_loss + obj_loss + cls_loss
+        if self.losses:
+            total = total + ops.sum(self.losses)
+        return total
+
+    def make_target_encoder(
+        self, assign_thresh: float = 0.0, max_boxes: int = 100
+    ) -> YoloTargetEncoder:
+        """The target encoder matching this model's anchors, levels, input size and classes."""
+        return YoloTargetEncoder(
+            self.anchors,
+            [self.strides[level] for level in self.levels],
+            self.input_size,
+            self.num_classes,
+            anchors_per_level=self.anchors_per_level,
+            assign_thresh=assign_thresh,
+            max_boxes=max_boxes,
+        )
+
+    # === Inference ===
+
+    def candidates(self, outputs: dict):
+        """Top-k scored (box, class) candidates of raw outputs: boxes [B, K, 4], scores, labels."""
+        return decode_candidates(
+            outputs,
+            self.level_anchors,
+            self.strides,
+            num_classes=self.num_classes,
+            input_size=self.input_size,
+            topk=self.pre_nms_topk,
+            scale_xy=self.scale_xy,
+        )
+
+    def postprocess(self, outputs: dict) -> dict:
+        """Raw outputs -> padded detections (in-graph decode and NMS)."""
+        boxes, scores, labels = self.candidates(outputs)
+        return nms_padded(
+            boxes, scores, labels, self.score_thr, self.iou_thr, self.max_det, self.agnostic_nms
+        )
+
+    def predict_step(self, data):
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        return self.postprocess(self(x, training=False))
+
+    # === Config ===
+
+    def get_config(self) -> dict:
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "backbone": keras.saving.serialize_keras_object(self.backbone),
+            "num_classes": self.num_classes,
+            "anchors": self.anchors.tolist(),
+            "levels": list(self.levels),
+            "anchors_per_level": self.anchors_per_level,
+            "width": self.width,
+            "depth": self.depth,
+            "ignore_thresh": self.ignore_thresh,
+            "box_loss": self.box_loss,
+            "box_weight": self.box_weight,
+            "obj_weight": self.obj_weight,
+            "cls_weight": self.cls_weight,
+            "label_smoothing": self.label_smoothing,
+            "score_thr": self.score_thr,
+            "iou_thr": self.iou_thr,
+            "max_det": self.max_det,
+            "agnostic_nms": self.agnostic_nms,
+            "pre_nms_topk": self.pre_nms_topk,
+            "scale_xy": self.scale_xy,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict) -> YoloDetector:
+        config = dict(config)
+        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        return cls(**config)
+
+
+def build_yolo(
+    model_cfg, num_classes: int, anchors, post_cfg=None, *, backbone: keras.Model | None = None
+) -> YoloDetector:
+    """The detector a `ModelConfig` describes, with explicit `anchors` [K, 2] (input pixels).
+
+    `post_cfg` (an `EvalConfig` or `PredictConfig`) sets the post-processing of `predict()`;
+    `backbone` overrides the one named in the config (it must take (S, S, 3) inputs).
+    """
+    yolo = model_cfg.yolo
+    if isinstance(anchors, str):
+        raise DetsegError(
+            f"build_yolo needs explicit anchors, got {anchors!r}: fit them first (detseg anchors)"
+        )
+    if backbone is None:
+        from detseg.backbones import APPLICATIONS_PREFIX, get_backbone
+
+        size = model_cfg.input_size
+        # keras.applications backbones have no width multiplier.
+        width = (
+            {}
+            if model_cfg.backbone.startswith(APPLICATIONS_PREFIX)
+            else {"width": model_cfg.backbone_width}
+        )
+        backbone = get_backbone(
+            model_cfg.backbone, (size, size, 3), weights=model_cfg.weights, **width
+        )
+    post = {}
+    if post_cfg is not None:
+        post = {
+            "score_thr": post_cfg.score_thr,
+            "iou_thr": post_cfg.iou_thr,
+            "max_det": post_cfg.max_det,
+            "agnostic_nms": getattr(post_cfg, "agnostic_nms", False),
+        }
+    return YoloDetector(
+        backbone,
+        num_classes,
+        anchors,
+        levels=tuple(yolo.levels),
+        anchors_per_level=yolo.anchors_per_level,
+        width=yolo.width,
+        depth=yolo.depth,
+        ignore_thresh=yolo.ignore_thresh,
+        box_loss=yolo.box_loss,
+        box_weight=yolo.box_weight,
+        obj_weight=yolo.obj_weight,
+        cls_weight=yolo.cls_weight,
+        label_smoothing=yolo.label_smoothing,
+        **post,
+    )

@@ -1,0 +1,216 @@
+"""YOLO loss terms: empty images, perfect predictions, the ignore rule, a slow NumPy reference."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import keras
+import numpy as np
+import pytest
+
+from detseg.boxes import box_iou
+from detseg.heads.yolo_decode import DEFAULT_SCALE_XY
+from detseg.heads.yolo_loss import yolo_loss_terms
+from detseg.heads.yolo_targets import YoloTargetEncoder, check_anchors
+from tests.heads.yolo_helpers import ANCHORS_64, perfect_logits
+
+LEVELS = ("P3", "P4", "P5")
+STRIDES = {"P3": 8, "P4": 16, "P5": 32}
+NUM_CLASSES = 3
+SORTED_ANCHORS = check_anchors(ANCHORS_64, 3, 3)
+LEVEL_ANCHORS = {level: SORTED_ANCHORS[3 * i : 3 * i + 3] for i, level in enumerate(LEVELS)}
+# What perfect_logits needs to know about a model.
+GEOMETRY = SimpleNamespace(
+    levels=LEVELS,
+    strides=STRIDES,
+    level_anchors=LEVEL_ANCHORS,
+    num_classes=NUM_CLASSES,
+    scale_xy=DEFAULT_SCALE_XY,
+)
+
+
+def encode(boxes, labels, **kwargs):
+    enc = YoloTargetEncoder(ANCHORS_64, (8, 16, 32), 64, NUM_CLASSES, max_boxes=8, **kwargs)
+    return enc(
+        [np.asarray(b, np.float32).reshape(-1, 4) for b in boxes], [np.asarray(c) for c in labels]
+    )
+
+
+def random_logits(batch: int, seed: int, scale: float = 1.0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        level: (rng.normal(size=(batch, 64 // s, 64 // s, 3, 5 + NUM_CLASSES)) * scale).astype(
+            np.float32
+        )
+        for level, s in STRIDES.items()
+    }
+
+
+def loss_terms(targets, outputs, box_loss="ciou", ignore_thresh=0.5, label_smoothing=0.0):
+    terms = yolo_loss_terms(
+        targets,
+        outputs,
+        LEVEL_ANCHORS,
+        STRIDES,
+        num_classes=NUM_CLASSES,
+        input_size=64,
+        ignore_thresh=ignore_thresh,
+        box_loss=box_loss,
+        label_smoothing=label_smoothing,
+    )
+    return [keras.ops.convert_to_numpy(t) for t in terms]
+
+
+@pytest.mark.parametrize("box_loss", ["yolov3", "ciou", "giou"])
+def test_no_ground_truth_gives_only_an_objectness_loss(box_loss):
+    targets = encode([[], []], [[], []])
+    box, obj, cls = loss_terms(targets, random_logits(2, seed=1), box_loss)
+    assert np.all(obj > 0)
+    np.testing.assert_array_equal(box, [0.0, 0.0])
+    np.testing.assert_array_equal(cls, [0.0, 0.0])
+
+
+BOXES = [[[10, 20, 22, 34], [0, 0, 64, 64], [30, 33, 47, 41]], [[40, 2, 60, 30]]]
+LABELS = [[1, 0, 2], [1]]
+
+
+@pytest.mark.parametrize("box_loss", ["ciou", "giou"])
+def test_perfect_prediction_has_near_zero_iou_box_loss(box_loss):
+    targets = encode(BOXES, LABELS)
+    box, obj, cls = loss_terms(targets, perfect_logits(targets, GEOMETRY), box_loss)
+    np.testing.assert_allclose(box, 0.0, atol=1e-5)
+    # Every logit is +/-20 on the right side: BCE log(1 + e^-20) ~ 2e-9 each.
+    np.testing.assert_allclose(obj, 0.0, atol=1e-4)
+    np.testing.assert_allclose(cls, 0.0, atol=1e-4)
+
+
+def entropy(p):
+    return -(p * np.log(p) + (1 - p) * np.log(1 - p))
+
+
+def test_perfect_prediction_reaches_the_minimum_of_the_yolov3_box_loss():
+    # The centre BCE is minimised at sigmoid(t) = target, where it equals the target's entropy;
+    # the log-size error is 0. Image 0: three boxes; each term is scaled by 2 - w*h / 64^2.
+    targets = encode(BOXES, LABELS)
+    box, _, _ = loss_terms(targets, perfect_logits(targets, GEOMETRY), "yolov3")
+    want = []
+    for image_boxes in BOXES:
+        total = 0.0
+        for x0, y0, x1, y1 in image_boxes:
+            w, h = x1 - x0, y1 - y0
+            stride = {"P3": 8, "P4": 16, "P5": 32}[level_of(w, h)]
+            offsets = np.array([(x0 + x1) / 2 / stride % 1, (y0 + y1) / 2 / stride % 1])
+            # Centre (64 / 2) / 32 = 1.0 exactly -> offset 0 in cell 1, as the encoder assigns it.
+            target = (offsets + (DEFAULT_SCALE_XY - 1) / 2) / DEFAULT_SCALE_XY
+            total += entropy(target).sum() * (2 - w * h / 64**2)
+        want.append(total)
+    np.testing.assert_allclose(box, want, rtol=1e-4)
+
+
+def level_of(w, h):
+    ious = [
+        min(w, aw) * min(h, ah) / (w * h + aw * ah - min(w, aw) * min(h, ah))
+        for aw, ah in SORTED_ANCHORS
+    ]
+    return LEVELS[int(np.argmax(ious)) // 3]
+
+
+def test_ignore_rule_drops_the_background_term_of_a_good_unassigned_prediction():
+    # One 12x14 box -> P3 cell (y 3, x 2) anchor 2. Make P3 anchor 1 at the same cell predict the
+    # very same box with objectness logit z = 1.5: as background it would cost
+    # BCE(0, z) = log(1 + e^1.5) = 1.7014; its IoU with the ground truth is 1 > 0.5 -> ignored.
+    targets = encode([[[10, 20, 22, 34]]], [[1]])
+    outputs = perfect_logits(targets, GEOMETRY)
+    outputs["P3"][0, 3, 2, 1] = outputs["P3"][0, 3, 2, 2]
+    outputs["P3"][0, 3, 2, 1, 2:4] = np.log(np.array([12.0, 14.0]) / SORTED_ANCHORS[1])
+    outputs["P3"][0, 3, 2, 1, 4] = 1.5
+    _, obj_ignored, _ = loss_terms(targets, outputs, ignore_thresh=0.5)
+    _, obj_counted, _ = loss_terms(targets, outputs, ignore_thresh=1.0)
+    np.testing.assert_allclose(obj_counted - obj_ignored, [math.log1p(math.exp(1.5))], rtol=1e-5)
+
+
+def bce(target, logit):
+    return max(logit, 0) - logit * target + math.log1p(math.exp(-abs(logit)))
+
+
+def sigmoid(x):
+    return 1 / (1 + math.exp(-x))
+
+
+def slow_loss(targets, outputs, box_loss, ignore_thresh, label_smoothing):
+    """The loss written out one anchor at a time, with detseg.boxes' NumPy IoUs (IoU box losses)."""
+    batch = targets["gt_boxes"].shape[0]
+    box_sum, obj_sum, cls_sum, ignored = np.zeros(batch), np.zeros(batch), np.zeros(batch), 0
+    s = DEFAULT_SCALE_XY
+    for b in range(batch):
+        gts = targets["gt_boxes"][b][targets["gt_labels"][b] >= 0]
+        for level in LEVELS:
+            raw, stride = outputs[level][b].astype(np.float64), STRIDES[level]
+            grid = raw.shape[0]
+            for gy in range(grid):
+                for gx in range(grid):
+                    for a in range(3):
+                        t = raw[gy, gx, a]
+                        cx = (s * sigmoid(t[0]) - (s - 1) / 2 + gx) * stride
+                        cy = (s * sigmoid(t[1]) - (s - 1) / 2 + gy) * stride
+                        w = LEVEL_ANCHORS[level][a][0] * math.exp(min(max(t[2], -6), 6))
+                        h = LEVEL_ANCHORS[level][a][1] * math.exp(min(max(t[3], -6), 6))
+                        pred = np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
+                        if targets[f"{level}_obj"][b, gy, gx, a]:
+                            target = targets[f"{level}_box"][b, gy, gx, a].astype(np.float64)
+                            label = targets[f"{level}_cls"][b, gy, gx, a]
+                            obj_sum[b] += bce(1.0, t[4])
+                            for c in range(NUM_CLASSES):
+                                want = (1 - label_smoothing) * (c == label) + label_smoothing / 2
+                                cls_sum[b] += bce(want, t[5 + c])
+                            box_sum[b] += 1 - box_iou(pred[None], target[None], box_loss)[0, 0]
+                            # + LOG_SIZE_WEIGHT (0.25) x squared error of the size logits in log space.
+                            aw, ah = LEVEL_ANCHORS[level][a]
+                            tw, th = target[2] - target[0], target[3] - target[1]
+                            box_sum[b] += 0.25 * (
+                                (t[2] - math.log(tw / aw)) ** 2 + (t[3] - math.log(th / ah)) ** 2
+                            )
+                        elif len(gts) and box_iou(pred[None], gts).max() > ignore_thresh:
+                            ignored += 1
+                        else:
+                            obj_sum[b] += bce(0.0, t[4])
+    return box_sum, obj_sum, cls_sum, ignored
+
+
+@pytest.mark.parametrize("box_loss", ["ciou", "giou"])
+def test_loss_matches_a_slow_per_anchor_reference(box_loss):
+    targets = encode(BOXES, LABELS, assign_thresh=0.3)
+    outputs = random_logits(2, seed=3, scale=0.7)
+    got = loss_terms(targets, outputs, box_loss, ignore_thresh=0.4, label_smoothing=0.1)
+    *want, ignored = slow_loss(targets, outputs, box_loss, ignore_thresh=0.4, label_smoothing=0.1)
+    assert ignored > 0  # the ignore rule is exercised
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-4)
+
+
+@pytest.mark.parametrize("box_loss", ["yolov3", "ciou", "giou"])
+def test_gradients_are_finite_even_for_extreme_logits(box_loss):
+    import tensorflow as tf
+
+    # Tiny (1 px), huge and cell-border boxes, an empty image, logits up to +/-60.
+    targets = encode([[[1, 1, 2, 2], [0, 0, 64, 64], [8, 8, 24, 24]], []], [[0, 1, 2], []])
+    outputs = {k: tf.Variable(v) for k, v in random_logits(2, seed=4, scale=30.0).items()}
+    with tf.GradientTape() as tape:
+        terms = yolo_loss_terms(
+            targets,
+            outputs,
+            LEVEL_ANCHORS,
+            STRIDES,
+            num_classes=NUM_CLASSES,
+            input_size=64,
+            ignore_thresh=0.5,
+            box_loss=box_loss,
+        )
+        total = tf.reduce_sum(terms[0] + terms[1] + terms[2])
+    grads = tape.gradient(total, list(outputs.values()))
+    assert np.isfinite(total.numpy())
+    for grad in grads:
+        assert np.all(np.isfinite(grad.numpy()))
+    # Unassigned anchors get no box or class gradient.
+    assert np.all(grads[2].numpy()[1, ..., :4] == 0) and np.all(grads[2].numpy()[1, ..., 5:] == 0)

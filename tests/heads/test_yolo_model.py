@@ -1,0 +1,192 @@
+"""YoloDetector: layout, encode -> decode round trip, NMS paths agree, fit, .keras round trip."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import cv2
+import keras
+import numpy as np
+import pytest
+
+from detseg.config import ModelConfig, PredictConfig
+from detseg.data.images import letterbox, unletterbox_boxes
+from detseg.errors import DetsegError
+from detseg.heads import Detector, YoloDetector, build_yolo, host_nms
+from detseg.heads.yolo_decode import nms_padded
+from tests.heads.yolo_helpers import ANCHORS_64, perfect_logits, tiny_backbone
+
+
+def small_detector(**kwargs) -> YoloDetector:
+    keras.utils.set_random_seed(0)
+    return YoloDetector(tiny_backbone(64), 3, ANCHORS_64, width=0.125, **kwargs)
+
+
+def to_numpy(tree):
+    return keras.tree.map_structure(keras.ops.convert_to_numpy, tree)
+
+
+def test_output_layout_and_bias_priors():
+    model = small_detector()
+    out = to_numpy(model(np.zeros((2, 64, 64, 3), np.float32)))
+    assert {k: v.shape for k, v in out.items()} == {
+        "P3": (2, 8, 8, 3, 8),  # 64 / 8 = 8 cells, 3 anchors, 5 + 3 classes
+        "P4": (2, 4, 4, 3, 8),
+        "P5": (2, 2, 2, 3, 8),
+    }
+    bias = keras.ops.convert_to_numpy(model.get_layer("P3_pred").bias).reshape(3, 8)
+    # Objectness prior: 4 objects over 8 * 8 cells * 3 anchors -> p = 4 / 192, logit(p) = -3.8501.
+    np.testing.assert_allclose(bias[:, 4], math.log((4 / 192) / (1 - 4 / 192)), rtol=1e-6)
+    # Class prior 1/3 -> logit = log(0.5) = -0.6931.
+    np.testing.assert_allclose(bias[:, 5:], math.log(0.5), rtol=1e-6)
+    assert model.level_anchors["P5"].tolist() == [[40, 40], [48, 48], [64, 64]]
+
+
+BOXES = [
+    np.array(
+        [[10, 20, 22, 34], [0, 0, 64, 64], [30.5, 33.25, 47.0, 41.0], [34, 33.25, 50.5, 41]],
+        np.float32,
+    ),
+    np.zeros((0, 4), np.float32),
+    np.array([[40, 2, 60, 30], [16, 16, 32, 32]], np.float32),
+]
+LABELS = [np.array([1, 0, 2, 0]), np.zeros(0, np.int64), np.array([1, 2])]
+
+
+def sort_detections(boxes, scores, labels):
+    order = np.lexsort((boxes[:, 1], boxes[:, 0], labels))
+    return boxes[order], scores[order], labels[order]
+
+
+@pytest.mark.parametrize("assign_thresh", [0.0, 0.3])
+def test_encode_then_decode_with_perfect_logits_reproduces_the_boxes(assign_thresh):
+    # With assign_thresh 0.3 a box goes to several anchors: NMS must merge the copies back to one.
+    model = small_detector(iou_thr=0.5)
+    targets = model.make_target_encoder(assign_thresh=assign_thresh)(BOXES, LABELS)
+    raw = perfect_logits(targets, model)
+    graph = to_numpy(model.postprocess(raw))
+    host = host_nms(*to_numpy(model.candidates(raw)), model.score_thr, model.iou_thr, model.max_det)
+    assert graph["num"].tolist() == [4, 0, 2]
+    for i, (want_boxes, want_labels) in enumerate(zip(BOXES, LABELS, strict=True)):
+        n = graph["num"][i]
+        assert np.all(graph["labels"][i, n:] == -1) and np.all(graph["scores"][i, n:] == 0)
+        for boxes, labels in [
+            (graph["boxes"][i, :n], graph["labels"][i, :n]),
+            (host[i]["boxes"], host[i]["labels"]),
+        ]:
+            got_boxes, _, got_labels = sort_detections(boxes, np.zeros(n), labels)
+            ref_boxes, _, ref_labels = sort_detections(want_boxes, np.zeros(n), want_labels)
+            np.testing.assert_allclose(got_boxes, ref_boxes, atol=1e-3)
+            np.testing.assert_array_equal(got_labels, ref_labels)
+
+
+def random_candidates(seed: int, batch: int = 3, num: int = 300):
+    """Clustered boxes (many overlaps), scores sorted descending, 3 classes."""
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform(20, 300, (batch, 12, 2))[:, rng.integers(0, 12, num)] + rng.normal(
+        0, 6, (batch, num, 2)
+    )
+    sizes = rng.uniform(10, 60, (batch, num, 2))
+    boxes = np.concatenate([centres - sizes / 2, centres + sizes / 2], -1).astype(np.float32)
+    scores = -np.sort(-rng.uniform(0, 1, (batch, num)), axis=1).astype(np.float32)
+    labels = rng.integers(0, 3, (batch, num)).astype(np.int32)
+    return boxes, scores, labels
+
+
+@pytest.mark.parametrize("agnostic", [False, True])
+@pytest.mark.parametrize("max_det", [10, 400])
+def test_in_graph_nms_matches_opencv_nms(agnostic, max_det):
+    boxes, scores, labels = random_candidates(seed=int(agnostic) + max_det)
+    graph = to_numpy(nms_padded(boxes, scores, labels, 0.2, 0.45, max_det, agnostic))
+    host = host_nms(boxes, scores, labels, 0.2, 0.45, max_det, agnostic)
+    assert graph["boxes"].shape == (3, max_det, 4)
+    for i, found in enumerate(host):
+        n = len(found["scores"])
+        assert graph["num"][i] == n > 0
+        np.testing.assert_array_equal(graph["boxes"][i, :n], found["boxes"])
+        np.testing.assert_array_equal(graph["scores"][i, :n], found["scores"])
+        np.testing.assert_array_equal(graph["labels"][i, :n], found["labels"])
+
+
+def test_fit_logs_the_loss_terms_which_add_up_to_the_loss(overfit_run):
+    history = overfit_run.history
+    assert {"loss", "box_loss", "obj_loss", "cls_loss"} <= set(history)
+    parts = np.add(np.add(history["box_loss"], history["obj_loss"]), history["cls_loss"])
+    np.testing.assert_allclose(history["loss"], parts, rtol=1e-5)
+
+
+def test_detector_host_path_matches_predict_step(overfit_run):
+    # Non-square originals: letterbox -> predict (in-graph decode + NMS) -> unletterbox, against
+    # Detector (compiled candidates -> OpenCV NMS on the host -> unletterbox).
+    model = overfit_run.model
+    size = model.input_size
+    originals = [
+        cv2.resize(image, (size + 40, size - 10))
+        if i % 2
+        else cv2.resize(image, (size - 30, size + 20))
+        for i, image in enumerate(overfit_run.images[:5])
+    ]
+    boxed = [letterbox(image, size) for image in originals]
+    graph = model.predict(
+        np.stack([image for image, _ in boxed]).astype(np.float32) / 255, verbose=0
+    )
+    found = Detector(
+        model, score_thr=model.score_thr, iou_thr=model.iou_thr, max_det=model.max_det
+    )(originals)
+    assert sum(len(f["scores"]) for f in found) >= 5
+    for i, ((_, params), result) in enumerate(zip(boxed, found, strict=True)):
+        n = graph["num"][i]
+        assert len(result["scores"]) == n
+        np.testing.assert_allclose(
+            result["boxes"], unletterbox_boxes(graph["boxes"][i, :n], params), atol=1e-3
+        )
+        np.testing.assert_allclose(result["scores"], graph["scores"][i, :n], rtol=1e-5)
+        np.testing.assert_array_equal(result["labels"], graph["labels"][i, :n])
+        height, width = originals[i].shape[:2]
+        assert np.all(result["boxes"] >= 0)
+        assert np.all(result["boxes"][:, [0, 2]] <= width) and np.all(
+            result["boxes"][:, [1, 3]] <= height
+        )
+
+
+def test_keras_round_trip_gives_identical_detections(overfit_run, tmp_path):
+    model = overfit_run.model
+    x = overfit_run.images.astype(np.float32) / 255
+    model.save(tmp_path / "yolo.keras")
+    loaded = keras.saving.load_model(tmp_path / "yolo.keras")
+    assert isinstance(loaded, YoloDetector)
+    assert json.dumps(loaded.get_config(), sort_keys=True) == json.dumps(
+        model.get_config(), sort_keys=True
+    )
+    before, after = model.predict(x, verbose=0), loaded.predict(x, verbose=0)
+    assert before["num"].sum() >= 8
+    for key in before:
+        np.testing.assert_array_equal(before[key], after[key], err_msg=key)
+
+
+def test_build_yolo_from_a_config_on_darknet_tiny():
+    cfg = ModelConfig(
+        backbone="darknet_tiny",
+        backbone_width=0.125,
+        input_size=64,
+        yolo={"levels": ["P4", "P5"], "width": 0.125, "box_loss": "giou", "ignore_thresh": 0.6},
+    )
+    anchors = [[6, 6], [10, 12], [14, 10], [20, 20], [30, 40], [50, 50]]
+    model = build_yolo(cfg, 2, anchors, PredictConfig(score_thr=0.3, agnostic_nms=True))
+    assert model.levels == ("P4", "P5") and model.box_loss == "giou" and model.ignore_thresh == 0.6
+    assert (model.score_thr, model.iou_thr, model.agnostic_nms) == (0.3, 0.45, True)
+    out = to_numpy(model(np.zeros((1, 64, 64, 3), np.float32)))
+    assert {k: v.shape for k, v in out.items()} == {"P4": (1, 4, 4, 3, 7), "P5": (1, 2, 2, 3, 7)}
+    assert model.level_anchors["P4"].tolist() == [[6, 6], [10, 12], [14, 10]]
+
+
+def test_bad_arguments_name_what_was_received():
+    with pytest.raises(DetsegError, match=r"has no level \['P6'\]"):
+        YoloDetector(tiny_backbone(64), 3, ANCHORS_64[:3], levels=("P6",))
+    with pytest.raises(DetsegError, match="anchors must be 6"):
+        YoloDetector(tiny_backbone(64), 3, ANCHORS_64, levels=("P4", "P5"))
+    with pytest.raises(DetsegError, match="fixed square input"):
+        YoloDetector(tiny_backbone(None), 3, ANCHORS_64)
+    with pytest.raises(DetsegError, match="box_loss='iou'"):
+        YoloDetector(tiny_backbone(64), 3, ANCHORS_64, box_loss="iou")
