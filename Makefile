@@ -13,8 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/detseg --help
-	$(BIN)/detseg info
+	$(BIN)/detseg demo configs/shapes_yolov3_tiny.yaml
 
 # The backend is fixed at import time, so the JAX subset runs in its own process.
 test: test-tf test-jax

@@ -19,7 +19,6 @@ from detseg.quiet import start_backend_quietly
 log = logging.getLogger("detseg")
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
-_NO_BACKEND = {"convert"}  # subcommands that never import Keras
 
 
 class _Parser(argparse.ArgumentParser):
@@ -96,6 +95,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         show=args.show,
         jsonl=args.jsonl,
         batch=args.batch,
+        max_frames=args.max_frames,
         score_thr=args.conf,
         iou_thr=args.iou,
         config=args.config,
@@ -129,6 +129,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     out = export(args.model, fmt=args.format, out=args.out)
     print(f"exported: {out}")
+    return EXIT_OK
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from detseg.engine.demo import run_demo
+
+    run_demo(args.config, _overrides(args.set))
     return EXIT_OK
 
 
@@ -181,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show", action="store_true", help="show frames in a window")
     p.add_argument("--jsonl", help="write one JSON line of detections per frame")
     p.add_argument("--batch", type=int, default=1, help="frames per model call (files only)")
+    p.add_argument("--max-frames", type=int, help="stop after this many processed frames")
     p.add_argument("--conf", type=float, help="score threshold (default: the model's predict config)")
     p.add_argument("--iou", type=float, help="NMS IoU threshold (default: the model's predict config)")
     p.add_argument("--config", help="config (default: config.yaml beside the model)")
@@ -205,6 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", required=True, choices=["savedmodel", "tflite", "onnx"])
     p.add_argument("--out", help="output path (default: next to the model)")
 
+    p = add("demo", _cmd_demo, "the main job on the built-in shapes data: train, evaluate, predict on images and video")
+    p.add_argument("config", nargs="?", default="configs/shapes_yolov3_tiny.yaml", help="a shapes config")
+    _add_set(p)
+
     p = add("info", _cmd_info, "versions, backend and devices; with a config, the dataset summary")
     p.add_argument("config", nargs="?", help="YAML config: print its dataset summary")
     p.add_argument("--split", default="train", choices=["train", "val", "test"])
@@ -217,8 +229,13 @@ def _configure_logging(args: argparse.Namespace) -> None:
     """Log levels from -v/-q; without -v, start the backend with its native chatter hidden."""
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(message)s")
-    if not args.verbose and args.command not in _NO_BACKEND:
+    if not args.verbose and _needs_backend(args):
         start_backend_quietly()
+
+
+def _needs_backend(args: argparse.Namespace) -> bool:
+    """False for the jobs that never touch Keras (conversion, scoring results files)."""
+    return args.command != "convert" and not (args.command == "evaluate" and (args.gt or args.dt))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -64,8 +64,12 @@ def test_sorted_by_area_deterministic_and_better_than_random():
 
 
 def test_degenerate_boxes_are_counted_not_used():
-    wh = np.vstack([sizes_around(np.random.default_rng(3), TRUE_SIZES[:2], 100),
-                    [[0, 5], [4, -1], [np.nan, 3], [np.inf, 2]]])
+    wh = np.vstack(
+        [
+            sizes_around(np.random.default_rng(3), TRUE_SIZES[:2], 100),
+            [[0, 5], [4, -1], [np.nan, 3], [np.inf, 2]],
+        ]
+    )
     anchors = fit_anchors(wh, k=2)
     assert anchors.n_boxes == 100 and anchors.n_skipped == 4
     np.testing.assert_allclose(anchors.wh, TRUE_SIZES[:2], rtol=0.03)

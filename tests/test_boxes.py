@@ -127,13 +127,17 @@ def _slow_iou(a, b, kind):
         return iou
     if kind == "giou":
         return iou - (cw * ch - union) / (cw * ch)
-    rho2 = ((a[0] + a[2]) / 2 - (b[0] + b[2]) / 2) ** 2 + ((a[1] + a[3]) / 2 - (b[1] + b[3]) / 2) ** 2
+    rho2 = ((a[0] + a[2]) / 2 - (b[0] + b[2]) / 2) ** 2 + (
+        (a[1] + a[3]) / 2 - (b[1] + b[3]) / 2
+    ) ** 2
     diou = iou - rho2 / (cw**2 + ch**2)
     if kind == "diou":
         return diou
-    v = 4 / math.pi**2 * (
-        math.atan((b[2] - b[0]) / (b[3] - b[1])) - math.atan((a[2] - a[0]) / (a[3] - a[1]))
-    ) ** 2
+    v = (
+        4
+        / math.pi**2
+        * (math.atan((b[2] - b[0]) / (b[3] - b[1])) - math.atan((a[2] - a[0]) / (a[3] - a[1]))) ** 2
+    )
     return diou - v / (1 - iou + v) * v
 
 
@@ -171,7 +175,9 @@ def test_ops_degenerate_boxes_give_zero_not_nan():
 # === NMS ===
 def _slow_nms(boxes, scores, iou_thr, labels=None, score_thr=0.0, max_det=300):
     """Greedy NMS one candidate at a time, best (then earliest) first."""
-    order = sorted((i for i in range(len(scores)) if scores[i] > score_thr), key=lambda i: -scores[i])
+    order = sorted(
+        (i for i in range(len(scores)) if scores[i] > score_thr), key=lambda i: -scores[i]
+    )
     keep = []
     for i in order:
         if all(

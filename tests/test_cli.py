@@ -12,14 +12,18 @@ import pytest
 def run_cli(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, **(env_extra or {})}
     return subprocess.run(
-        [sys.executable, "-m", "detseg", *args], capture_output=True, text=True, timeout=120, env=env
+        [sys.executable, "-m", "detseg", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
     )
 
 
 def test_help_lists_every_subcommand():
     res = run_cli("--help")
     assert res.returncode == 0
-    for cmd in ("train", "evaluate", "predict", "anchors", "convert", "export", "info"):
+    for cmd in ("train", "evaluate", "predict", "anchors", "convert", "export", "info", "demo"):
         assert cmd in res.stdout
 
 
@@ -61,7 +65,10 @@ def test_bad_config_exits_2_naming_the_file(tmp_path, yaml_text, expected):
 
 def test_missing_config_and_bad_override_exit_2(tmp_path):
     res = run_cli("train", str(tmp_path / "nope.yaml"))
-    assert (res.returncode, res.stderr.strip()) == (2, f"detseg: error: {tmp_path / 'nope.yaml'}: config file not found")
+    assert (res.returncode, res.stderr.strip()) == (
+        2,
+        f"detseg: error: {tmp_path / 'nope.yaml'}: config file not found",
+    )
     cfg = tmp_path / "ok.yaml"
     cfg.write_text("train:\n  epochs: 1\n")
     res = run_cli("train", str(cfg), "--set", "train.epochs")
@@ -88,7 +95,10 @@ def test_tools_scripts_are_thin_wrappers(script):
     from tests.conftest import REPO_ROOT
 
     res = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "tools" / script), "--help"], capture_output=True, text=True, timeout=60
+        [sys.executable, str(REPO_ROOT / "tools" / script), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert res.returncode == 0
     sub = {"train.py": "train", "infer_video.py": "predict", "evaluate.py": "evaluate"}[script]

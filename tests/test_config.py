@@ -29,7 +29,10 @@ def test_defaults_are_documented_and_every_field_has_a_default():
 
 def test_yaml_round_trip(tmp_path):
     cfg = load_config(
-        write(tmp_path, "train:\n  epochs: 7\n  augment:\n    hflip: 0.0\nmodel:\n  yolo:\n    anchors: [[10, 13], [16, 30]]\n")
+        write(
+            tmp_path,
+            "train:\n  epochs: 7\n  augment:\n    hflip: 0.0\nmodel:\n  yolo:\n    anchors: [[10, 13], [16, 30]]\n",
+        )
     )
     assert cfg.name == "exp"  # the run name defaults to the file stem
     out = dump_config(cfg, tmp_path / "resolved.yaml")
@@ -57,7 +60,12 @@ def test_parse_override(text, key, value):
 def test_overrides_apply_to_nested_sections(tmp_path):
     cfg = load_config(
         write(tmp_path, "train:\n  epochs: 7\n"),
-        overrides={"train.epochs": 3, "train.augment.hflip": 0.0, "data.names": ["x", "y"], "train.resume": True},
+        overrides={
+            "train.epochs": 3,
+            "train.augment.hflip": 0.0,
+            "data.names": ["x", "y"],
+            "train.resume": True,
+        },
     )
     assert cfg.train.epochs == 3
     assert cfg.train.augment.hflip == 0.0
@@ -87,12 +95,16 @@ def test_unknown_top_level_section(tmp_path):
 
 
 def test_wrong_type_names_expected_type(tmp_path):
-    with pytest.raises(DetsegError, match=r"train\.epochs: input should be a valid integer.*'three'"):
+    with pytest.raises(
+        DetsegError, match=r"train\.epochs: input should be a valid integer.*'three'"
+    ):
         load_config(write(tmp_path, "train:\n  epochs: three\n"))
 
 
 def test_input_size_must_be_multiple_of_32(tmp_path):
-    with pytest.raises(DetsegError, match=r"model\.input_size: must be a multiple of 32 \(got 300\)"):
+    with pytest.raises(
+        DetsegError, match=r"model\.input_size: must be a multiple of 32 \(got 300\)"
+    ):
         load_config(write(tmp_path, "model:\n  input_size: 300\n"))
 
 

@@ -44,5 +44,7 @@ def test_every_import_is_a_declared_dependency():
 
 
 def test_console_script_points_at_cli_main():
-    scripts = [ep for ep in importlib.metadata.entry_points(group="console_scripts") if ep.name == "detseg"]
+    scripts = [
+        ep for ep in importlib.metadata.entry_points(group="console_scripts") if ep.name == "detseg"
+    ]
     assert [ep.value for ep in scripts] == ["detseg.cli:main"]
