@@ -255,9 +255,12 @@ class YoloDetector(keras.Model):
             boxes, scores, labels, self.score_thr, self.iou_thr, self.max_det, self.agnostic_nms
         )
 
-    def predict_step(self, data):
-        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
-        return self.postprocess(self(x, training=False))
+    def predict_step(self, *args):
+        """The backend's forward step, then decode + NMS (JAX's stateless step returns a pair)."""
+        outputs = super().predict_step(*args)
+        if isinstance(outputs, tuple):  # JAX: (outputs, non-trainable variables)
+            return self.postprocess(outputs[0]), outputs[1]
+        return self.postprocess(outputs)
 
     # === Config ===
 
