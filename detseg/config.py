@@ -135,6 +135,16 @@ class DataConfig(_Section):
     use_multiprocessing: bool = Field(
         False, description="Loader workers as processes instead of threads."
     )
+    crops: bool = Field(
+        False,
+        description=(
+            "Classifier data as object crops: every box of this detection dataset becomes one labelled "
+            "image (model.kind: classifier; without it a classifier reads format: imagefolder)."
+        ),
+    )
+    crop_padding: float = Field(
+        0.1, ge=0, le=1, description="Context kept around each crop's box on every side, as a fraction of its width/height."
+    )
 
 
 # === Model ===
@@ -183,6 +193,13 @@ class ModelConfig(_Section):
     )
     input_size: int = Field(320, ge=32, description="Square model input side in pixels; a multiple of 32.")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout before a classifier's output layer.")
+    top: Literal["gap", "paper"] = Field(
+        "gap",
+        description=(
+            "Classifier top: 'gap' (global average pooling + softmax, any backbone) or 'paper' "
+            "(the original dense top of lenet5, alexnet, vgg16/19; fixed input size)."
+        ),
+    )
     yolo: YoloConfig = Field(default_factory=YoloConfig, description="YOLO head options (kind: yolov3).")
 
     @field_validator("input_size")

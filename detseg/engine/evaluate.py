@@ -144,6 +144,10 @@ def evaluate_model(
 
     model_path = resolve_model_path(model)
     cfg = model_config(model_path, config, overrides)
+    if cfg.model.kind == "classifier":
+        from detseg.engine.classify import evaluate_classifier
+
+        return evaluate_classifier(model_path, cfg, split, print_fn=print_fn)
     dataset = load_split(cfg.data, split)
     evaluator, detections = evaluate_detector(load_model(model_path), dataset, cfg.eval)
     out_dir = model_path.parent if split == "val" else model_path.parent / f"eval_{split}"
