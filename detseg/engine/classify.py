@@ -36,7 +36,7 @@ from detseg.data.classification import (
 from detseg.data.crops import Crops
 from detseg.engine.predict import class_names_of, load_model
 from detseg.engine.sources import ImageFiles, open_source
-from detseg.engine.train import TimeLimit, _set_precision, completed_epochs, make_optimizer
+from detseg.engine.train import TimeLimit, completed_epochs, make_optimizer, set_precision
 from detseg.errors import DetsegError
 from detseg.heads.classifier import BACKBONE_LAYER, build_classifier, set_backbone_trainable
 
@@ -204,7 +204,7 @@ def train_classifier(cfg: Config, *, callbacks: Sequence[keras.callbacks.Callbac
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(cfg.train.seed)
-    _set_precision(cfg)
+    set_precision(cfg)
     train_set = load_classification_split(cfg.data, "train")
     check_classes(train_set, "train")
     val_set = load_classification_split(cfg.data, "val")

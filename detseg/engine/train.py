@@ -144,7 +144,8 @@ def _callbacks(cfg: Config, run_dir: Path, evaluate_fn, resume: bool) -> list[ke
     return callbacks
 
 
-def _set_precision(cfg: Config) -> None:
+def set_precision(cfg: Config) -> None:
+    """Mixed precision when the config asks for it: float16 on a GPU, bfloat16 on a CPU."""
     if cfg.train.mixed_precision:
         on_gpu = any(d.startswith("gpu") for d in keras.distribution.list_devices())
         keras.mixed_precision.set_global_policy("mixed_float16" if on_gpu else "mixed_bfloat16")
@@ -155,7 +156,7 @@ def train_detector(cfg: Config) -> Path:
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(cfg.train.seed)
-    _set_precision(cfg)
+    set_precision(cfg)
     train_ds = load_split(cfg.data, "train")
     val_ds = load_split(cfg.data, "val")
     log.info("train split:\n%s", train_ds.summary_text())
