@@ -7,6 +7,7 @@ from pathlib import Path
 import keras
 
 from detseg.config import Config, load_config
+from detseg.engine.exported import exported_format, predict_exported
 from detseg.engine.sinks import show_unavailable_reason
 from detseg.engine.sources import open_source
 from detseg.engine.video import StreamSummary, run_stream
@@ -66,8 +67,14 @@ def predict(
     """Detect objects on an image, folder, glob, video, stream or webcam and write the outputs.
 
     The source is opened (and `--show` checked) before the model loads, so a missing camera
-    or a headless OpenCV fails within seconds.
+    or a headless OpenCV fails within seconds. `model` may also be an exported ONNX / TFLite /
+    SavedModel artefact (`detseg.engine.exported`).
     """
+    if exported_format(model) is not None:  # an ONNX / TFLite / SavedModel export
+        return predict_exported(
+            model, source=source, save=save, show=show, jsonl=jsonl, batch=batch,
+            max_frames=max_frames, score_thr=score_thr, iou_thr=iou_thr, config=config,
+        )  # fmt: skip
     model_path = resolve_model_path(model)
     cfg = model_config(model_path, config)
     if show and (reason := show_unavailable_reason()):
