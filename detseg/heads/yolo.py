@@ -1,7 +1,7 @@
 """The YOLOv3-style detector: a top-down neck and one anchor head per pyramid level.
 
 `YoloDetector` sits on any backbone whose outputs are a dict of levels `{"P3": ..., ...}`.
-From the coarsest level down, each neck stage runs (1x1, 3x3) conv pairs, predicts its level
+From the coarsest level down, each neck stage runs alternating 1x1 / 3x3 convs, predicts its level
 through a 3x3 conv and a 1x1 output conv of `anchors_per_level * (5 + num_classes)` channels,
 and hands a 1x1-reduced, upsampled copy of its features to the next finer level, where it is
 concatenated with the backbone's features (YOLOv3's FPN-like path).
@@ -39,11 +39,16 @@ def neck_channels(level: str, width: float) -> int:
 
 
 def _neck_stage(x, filters: int, depth: int, name: str):
-    """`depth` (1x1 filters, 3x3 2*filters) pairs, then a 1x1 back to `filters`."""
-    for i in range(depth):
-        x = conv_bn_act(x, filters, 1, activation="leaky_relu", name=f"{name}_{i + 1}_reduce")
-        x = conv_bn_act(x, 2 * filters, 3, activation="leaky_relu", name=f"{name}_{i + 1}_expand")
-    return conv_bn_act(x, filters, 1, activation="leaky_relu", name=f"{name}_out")
+    """A 1x1 to `filters`, then `depth - 1` (3x3 2*filters, 1x1 filters) pairs.
+
+    With the level's 3x3 head conv after it, depth 1 is YOLOv3-tiny's head (1x1, 3x3) and
+    depth 3 YOLOv3's (the five-conv block, then 3x3).
+    """
+    x = conv_bn_act(x, filters, 1, activation="leaky_relu", name=f"{name}_1_reduce")
+    for i in range(2, depth + 1):
+        x = conv_bn_act(x, 2 * filters, 3, activation="leaky_relu", name=f"{name}_{i}_expand")
+        x = conv_bn_act(x, filters, 1, activation="leaky_relu", name=f"{name}_{i}_reduce")
+    return x
 
 
 def _logit(p: float) -> float:
@@ -62,7 +67,8 @@ class YoloDetector(keras.Model):
         levels: backbone levels to predict on (two for tiny models).
         anchors_per_level: A.
         width: channel multiplier of the neck and head (1.0: YOLOv3's 128/256/512).
-        depth: (1x1, 3x3) conv pairs per neck stage (YOLOv3: 2).
+        depth: (1x1, 3x3) conv pairs per level, the head's 3x3 included: 1 is YOLOv3-tiny's
+            head, 3 YOLOv3's.
         ignore_thresh, box_loss, box_weight, obj_weight, cls_weight, label_smoothing: the loss
             (`yolo_loss`); box_loss is one of "yolov3", "ciou", "giou".
         score_thr, iou_thr, max_det, agnostic_nms: post-processing of `predict()`.
