@@ -3,8 +3,10 @@
 YOLOv3-style detector: `YoloDetector` (model, loss, in-graph decode + NMS), `build_yolo`
 (from a `ModelConfig`), `YoloTargetEncoder` (dense targets for the data loader) and
 `Detector` (fast inference on images of any size, boxes in original pixels).
+Classifier: `build_classifier` (a backbone + a classification top), `set_backbone_trainable`.
 """
 
+from detseg.heads.classifier import build_classifier, set_backbone_trainable
 from detseg.heads.yolo import YoloDetector, build_yolo
 from detseg.heads.yolo_infer import Detector, host_nms
 from detseg.heads.yolo_targets import NO_OBJECT, PAD_LABEL, YoloTargetEncoder, level_stride
@@ -15,7 +17,9 @@ __all__ = [
     "Detector",
     "YoloDetector",
     "YoloTargetEncoder",
+    "build_classifier",
     "build_yolo",
     "host_nms",
     "level_stride",
+    "set_backbone_trainable",
 ]

@@ -113,6 +113,8 @@ class YoloDetector(keras.Model):
             raise DetsegError(
                 f"the backbone needs a fixed square input shape (S, S, 3), got {input_shape}"
             )
+        if not levels or len(set(levels)) != len(levels):
+            raise DetsegError(f"levels must be distinct pyramid levels, got {levels}")
         if num_classes < 1 or box_loss not in BOX_LOSSES or depth < 1 or width <= 0:
             raise DetsegError(
                 f"need num_classes >= 1, box_loss in {BOX_LOSSES}, depth >= 1 and width > 0; got "
@@ -138,12 +140,13 @@ class YoloDetector(keras.Model):
                 x = keras.layers.Concatenate(name=f"{level}_concat")([x, features[level]])
             x = _neck_stage(x, filters, depth, name=f"{level}_neck")
             y = conv_bn_act(x, 2 * filters, 3, activation="leaky_relu", name=f"{level}_head")
+            # Outputs stay float32 under a mixed-precision policy (losses, exp, sigmoid).
             y = keras.layers.Conv2D(
-                anchors_per_level * outputs_per_anchor, 1, name=f"{level}_pred"
+                anchors_per_level * outputs_per_anchor, 1, dtype="float32", name=f"{level}_pred"
             )(y)
             grid = input_size // level_stride(level)
             outputs[level] = keras.layers.Reshape(
-                (grid, grid, anchors_per_level, outputs_per_anchor), name=level
+                (grid, grid, anchors_per_level, outputs_per_anchor), dtype="float32", name=level
             )(y)
         super().__init__(
             inputs=images, outputs={level: outputs[level] for level in levels}, **kwargs
