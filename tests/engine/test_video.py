@@ -493,7 +493,9 @@ def test_live_source_keeps_only_the_newest_frame(tmp_path):
     ):
         assert captured >= previous_call
     assert summary.frames_processed == 6 and summary.stop_reason == "max_frames"
-    assert summary.frames_dropped >= 25  # 4 of every 5 frames, plus whatever came during shutdown
+    # frames 1-4, 6-9, ..., 21-24 (5 gaps x 4 = 20) were dropped for sure; the frames the last
+    # call releases may or may not be read before shutdown, depending on thread timing
+    assert summary.frames_dropped >= 20
     assert summary.frames_read == summary.frames_processed + summary.frames_dropped
     assert [r["frame"] for r in read_jsonl(tmp_path / "det.jsonl")] == [0, 5, 10, 15, 20, 25]
     frames, fps, _ = read_video(tmp_path / "live.mp4")
