@@ -88,9 +88,13 @@ class OnnxRunner:
             raise DetsegError(
                 "running ONNX models needs onnxruntime: pip install 'detseg[onnx]'"
             ) from None
+        options = onnxruntime.SessionOptions()
+        # Idle workers sleep instead of spinning: the video pipeline's capture and drawing
+        # threads need those cores (spinning costs ~1.4x per frame on a busy 2-core CPU).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self._session = onnxruntime.InferenceSession(
-                str(path), providers=onnxruntime.get_available_providers()
+                str(path), options, providers=onnxruntime.get_available_providers()
             )
         except Exception as exc:  # onnxruntime raises its own untyped Fail/InvalidGraph errors
             raise DetsegError(f"cannot load the ONNX model: {exc}".splitlines()[0], path) from None
