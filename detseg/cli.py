@@ -127,7 +127,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from detseg.engine.export import export
 
-    out = export(args.model, fmt=args.format, out=args.out)
+    out = export(args.model, fmt=args.format, out=args.out, config=args.config)
     print(f"exported: {out}")
     return EXIT_OK
 
@@ -212,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="run folder or .keras model")
     p.add_argument("--format", required=True, choices=["savedmodel", "tflite", "onnx"])
     p.add_argument("--out", help="output path (default: next to the model)")
+    p.add_argument("--config", help="config (default: config.yaml beside the model)")
 
     p = add("demo", _cmd_demo, "the main job on the built-in shapes data: train, evaluate, predict on images and video")
     p.add_argument("config", nargs="?", default="configs/shapes_yolov3_tiny.yaml", help="a shapes config")
