@@ -103,3 +103,26 @@ def test_tools_scripts_are_thin_wrappers(script):
     assert res.returncode == 0
     sub = {"train.py": "train", "infer_video.py": "predict", "evaluate.py": "evaluate"}[script]
     assert res.stdout.startswith(f"usage: detseg {sub}")
+
+
+def test_evaluate_results_file_matches_pycocotools_through_the_cli(tmp_path, shared_data):
+    import json
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    folder = shared_data / "coco_val2014_100"
+    gt, dt = folder / "instances_val2014_100.json", folder / "instances_val2014_fakebbox100_results.json"
+    res = run_cli("evaluate", "--gt", str(gt), "--dt", str(dt), "--json", str(tmp_path / "m.json"))
+    assert res.returncode == 0, res.stderr
+    coco_gt = COCO(str(gt))
+    reference = COCOeval(coco_gt, coco_gt.loadRes(str(dt)), "bbox")
+    reference.evaluate(), reference.accumulate(), reference.summarize()
+    stats = json.loads((tmp_path / "m.json").read_text())["stats"]
+    assert stats == pytest.approx(list(reference.stats), abs=1e-6)
+
+
+def test_evaluate_gt_without_dt_is_a_usage_error():
+    res = run_cli("evaluate", "--gt", "gt.json")
+    assert res.returncode == 2
+    assert res.stderr.strip() == "detseg: error: --gt and --dt go together (ground truth and detections files)"
