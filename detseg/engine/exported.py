@@ -20,9 +20,7 @@ from typing import Any
 import numpy as np
 
 from detseg.data.images import letterbox, unletterbox_boxes
-from detseg.engine.sinks import show_unavailable_reason
-from detseg.engine.sources import open_source
-from detseg.engine.video import StreamSummary, run_stream
+from detseg.engine.video import StreamSummary, run_detector_on_source
 from detseg.errors import DetsegError
 
 __all__ = [
@@ -203,23 +201,11 @@ def predict_exported(
         raise DetsegError(
             "an exported model carries its class names and thresholds; --config is for .keras models"
         )
-    if show and (reason := show_unavailable_reason()):
-        raise DetsegError(reason)
-    opened = open_source(source)
-    try:
-        detector = ExportedDetector(
-            model, score_thr=score_thr, iou_thr=iou_thr, batch_size=max(1, batch)
-        )
-    except BaseException:
-        opened.close()
-        raise
-    return run_stream(
-        opened,
-        detector,
-        class_names=detector.class_names,
-        save=save,
-        show=show,
-        jsonl=jsonl,
-        batch=batch,
-        max_frames=max_frames,
+
+    def build() -> tuple[ExportedDetector, list[str]]:
+        detector = ExportedDetector(model, score_thr=score_thr, iou_thr=iou_thr, batch_size=max(1, batch))
+        return detector, detector.class_names
+
+    return run_detector_on_source(
+        build, source, save=save, show=show, jsonl=jsonl, batch=batch, max_frames=max_frames
     )

@@ -8,9 +8,7 @@ import keras
 
 from detseg.config import Config, load_config
 from detseg.engine.exported import exported_format, predict_exported
-from detseg.engine.sinks import show_unavailable_reason
-from detseg.engine.sources import open_source
-from detseg.engine.video import StreamSummary, run_stream
+from detseg.engine.video import StreamSummary, run_detector_on_source
 from detseg.errors import DetsegError
 from detseg.heads import Detector
 
@@ -63,12 +61,13 @@ def predict(
     score_thr: float | None = None,
     iou_thr: float | None = None,
     config: str | None = None,
-) -> StreamSummary:
+) -> StreamSummary | list[dict]:
     """Detect objects on an image, folder, glob, video, stream or webcam and write the outputs.
 
     The source is opened (and `--show` checked) before the model loads, so a missing camera
     or a headless OpenCV fails within seconds. `model` may also be an exported ONNX / TFLite /
-    SavedModel artefact (`detseg.engine.exported`).
+    SavedModel artefact (`detseg.engine.exported`). A classifier prints and returns its top-k
+    labels per image instead of a stream summary.
     """
     if exported_format(model) is not None:  # an ONNX / TFLite / SavedModel export
         return predict_exported(
@@ -77,12 +76,15 @@ def predict(
         )  # fmt: skip
     model_path = resolve_model_path(model)
     cfg = model_config(model_path, config)
-    if show and (reason := show_unavailable_reason()):
-        raise DetsegError(reason)
-    opened = open_source(source)
-    try:
+    if cfg.model.kind == "classifier":  # prints the top-k labels of each image
+        if save or show or jsonl:
+            raise DetsegError("--save, --show and --jsonl are for detectors; a classifier prints its top-k labels")
+        from detseg.engine.classify import predict_classifier
+
+        return predict_classifier(model_path, cfg, source)
+
+    def build() -> tuple[Detector, list[str]]:
         detector_model = load_model(model_path)
-        names = class_names_of(cfg, detector_model.num_classes)
         detector = Detector(
             detector_model,
             score_thr=cfg.predict.score_thr if score_thr is None else score_thr,
@@ -91,9 +93,8 @@ def predict(
             agnostic=cfg.predict.agnostic_nms,
             batch_size=max(1, batch),
         )
-    except BaseException:
-        opened.close()
-        raise
-    return run_stream(
-        opened, detector, class_names=names, save=save, show=show, jsonl=jsonl, batch=batch, max_frames=max_frames
+        return detector, class_names_of(cfg, detector_model.num_classes)
+
+    return run_detector_on_source(
+        build, source, save=save, show=show, jsonl=jsonl, batch=batch, max_frames=max_frames
     )

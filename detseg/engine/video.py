@@ -310,3 +310,29 @@ def run_stream(
     if verbose:
         print(summary)
     return summary
+
+
+def run_detector_on_source(
+    build: Callable[[], tuple[InferFn, Sequence[str]]],
+    source: str | int | Path,
+    *,
+    save: str | Path | None = None,
+    show: bool = False,
+    jsonl: str | Path | None = None,
+    batch: int = 1,
+    max_frames: int | None = None,
+) -> StreamSummary:
+    """Check `show`, open `source`, then `build()` the (slow to load) detector and its class
+    names, and run the stream; a camera that cannot open fails before any model loads, and
+    the source is closed if building fails."""
+    if show and (reason := show_unavailable_reason()):
+        raise DetsegError(reason)
+    opened = open_source(source)
+    try:
+        infer, class_names = build()
+    except BaseException:
+        opened.close()
+        raise
+    return run_stream(
+        opened, infer, class_names=class_names, save=save, show=show, jsonl=jsonl, batch=batch, max_frames=max_frames
+    )
