@@ -262,7 +262,12 @@ class TrainConfig(_Section):
     )
     eval_every: int = Field(1, ge=1, description="Evaluate mAP on the validation split every N epochs.")
     time_limit: float | None = Field(
-        None, gt=0, description="Stop training after this many minutes (the best model so far is kept)."
+        None,
+        gt=0,
+        description=(
+            "Stop training after this many minutes (the best model so far is kept); for detectors the "
+            "learning-rate warm-up and schedule then span this time budget instead of `epochs`."
+        ),
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -119,6 +120,43 @@ class TimeLimit(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class TimeBudgetSchedule(keras.callbacks.Callback):
+    """With `train.time_limit`, the learning-rate schedule spans the time budget, not the epochs.
+
+    A run that stops on time otherwise ends at a high, never-annealed learning rate. Here the
+    fraction of the budget spent sets the rate at every batch: linear warm-up over the first
+    `warmup` fraction, then cosine (or constant) down to `alpha * lr`; when the time is up the
+    current epoch ends early and is still evaluated and checkpointed.
+    """
+
+    def __init__(self, minutes: float, lr: float, schedule: str, warmup: float, alpha: float = 0.05):
+        super().__init__()
+        self.seconds = minutes * 60.0
+        self.lr, self.schedule, self.warmup, self.alpha = lr, schedule, warmup, alpha
+        self.start = time.monotonic()
+
+    def on_train_begin(self, logs=None):
+        self.start = time.monotonic()
+
+    def rate(self, spent: float) -> float:
+        """The learning rate after a fraction `spent` (0..1) of the budget."""
+        if spent < self.warmup:
+            return self.lr * spent / self.warmup
+        if self.schedule == "constant":
+            return self.lr
+        decay = min(1.0, (spent - self.warmup) / max(1e-9, 1.0 - self.warmup))
+        return self.lr * (self.alpha + (1 - self.alpha) * 0.5 * (1 + math.cos(math.pi * decay)))
+
+    def on_train_batch_begin(self, batch, logs=None):
+        spent = (time.monotonic() - self.start) / self.seconds
+        self.model.optimizer.learning_rate.assign(self.rate(min(spent, 1.0)))
+
+    def on_train_batch_end(self, batch, logs=None):
+        if time.monotonic() - self.start >= self.seconds and not self.model.stop_training:
+            log.info("time limit of %.1f min reached", self.seconds / 60)
+            self.model.stop_training = True
+
+
 def completed_epochs(history_csv: Path) -> int:
     """Epochs already logged in a run's history.csv (0 when absent)."""
     if not history_csv.is_file():
@@ -139,8 +177,9 @@ def _callbacks(cfg: Config, run_dir: Path, evaluate_fn, resume: bool) -> list[ke
     ]
     if importlib.util.find_spec("tensorflow") and importlib.util.find_spec("tensorboard"):
         callbacks.append(keras.callbacks.TensorBoard(run_dir / "logs"))
-    if cfg.train.time_limit:
-        callbacks.append(TimeLimit(cfg.train.time_limit))
+    if cfg.train.time_limit:  # the schedule follows the clock; it goes first, before any batch
+        warmup = cfg.train.warmup_epochs / cfg.train.epochs
+        callbacks.insert(0, TimeBudgetSchedule(cfg.train.time_limit, cfg.train.lr, cfg.train.schedule, warmup))
     return callbacks
 
 
@@ -198,7 +237,9 @@ def train_detector(cfg: Config) -> Path:
     if cfg.train.resume:
         loader.set_epoch(initial_epoch)
     else:
-        model.compile(optimizer=make_optimizer(cfg.train, len(loader)))
+        # Under a time limit the learning rate is set from the clock (TimeBudgetSchedule).
+        timed = cfg.train.model_copy(update={"schedule": "constant", "warmup_epochs": 0})
+        model.compile(optimizer=make_optimizer(timed if cfg.train.time_limit else cfg.train, len(loader)))
 
     def evaluate_fn(current: keras.Model) -> dict[str, float]:
         result = evaluate_detector(current, val_ds, cfg.eval, batch_size=cfg.train.batch_size)[0].result("coco")

@@ -1,0 +1,103 @@
+"""Training engine: the time-budget schedule, and a small real run of the detector end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+
+import keras
+import numpy as np
+import pytest
+
+from detseg.config import load_config
+from detseg.engine.train import TimeBudgetSchedule, completed_epochs, train
+
+
+def test_time_budget_rate_by_hand():
+    sched = TimeBudgetSchedule(minutes=1, lr=1.0, schedule="cosine", warmup=0.1, alpha=0.05)
+    assert sched.rate(0.05) == pytest.approx(0.5)  # half-way through the warm-up
+    assert sched.rate(0.1) == pytest.approx(1.0)  # warm-up done: the peak
+    # half-way through the cosine: 0.05 + 0.95 * 0.5 * (1 + cos(pi / 2)) = 0.525
+    assert sched.rate(0.55) == pytest.approx(0.525)
+    assert sched.rate(1.0) == pytest.approx(0.05)  # the end: alpha * lr
+    flat = TimeBudgetSchedule(minutes=1, lr=1.0, schedule="constant", warmup=0.0)
+    assert flat.rate(0.9) == 1.0
+
+
+class SlowBatches(keras.utils.PyDataset):
+    """40 batches of 0.05 s each: 2 s an epoch."""
+
+    def __len__(self):
+        return 40
+
+    def __getitem__(self, i):
+        time.sleep(0.05)
+        return np.ones((2, 3), np.float32), np.ones((2, 1), np.float32)
+
+
+def test_time_budget_stops_mid_epoch_with_an_annealed_rate():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    sched = TimeBudgetSchedule(minutes=0.5 / 60, lr=0.1, schedule="cosine", warmup=0.0)
+    seen = []
+    record = keras.callbacks.LambdaCallback(on_train_batch_end=lambda b, logs: seen.append(b))
+    history = model.fit(SlowBatches(), epochs=5, callbacks=[sched, record], verbose=0)
+    assert len(history.history["loss"]) == 1  # stopped inside the first 2 s epoch
+    assert 3 <= len(seen) < 40
+    assert float(model.optimizer.learning_rate) < 0.1 * 0.2  # annealed near alpha * lr
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    cfg = load_config(
+        "configs/shapes_yolov3_tiny.yaml",
+        {
+            "name": "tiny",
+            "out_dir": str(root / "runs"),
+            "data.cache_dir": str(root / "cache"),
+            "data.shapes": {"num_train": 16, "num_val": 8, "image_size": 64, "min_size": 12, "max_size": 32},
+            "data.workers": 0,
+            "model.input_size": 64,
+            "model.backbone_width": 0.25,
+            "model.yolo.width": 0.25,
+            "train.epochs": 1,
+            "train.batch_size": 8,
+            "train.time_limit": None,
+        },
+    )
+    return cfg, train(cfg)
+
+
+def test_run_folder_holds_the_promised_files(tiny_run):
+    cfg, run_dir = tiny_run
+    for name in ("config.yaml", "best.keras", "last.keras", "history.csv", "metrics.json", "metrics_voc.json", "detections.json"):
+        assert (run_dir / name).is_file(), name
+    saved = load_config(run_dir / "config.yaml")
+    assert saved.data.names == ["circle", "square", "triangle"]
+    assert isinstance(saved.model.yolo.anchors, list) and len(saved.model.yolo.anchors) == 6  # 2 levels x 3
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert len(metrics["stats"]) == 12 and metrics["AP50"] == metrics["stats"][1]
+    assert set(metrics["per_class"]) == {"circle", "square", "triangle"}
+    with (run_dir / "history.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1 and {"loss", "box_loss", "obj_loss", "cls_loss", "val_mAP", "val_mAP50"} <= set(rows[0])
+    assert all(math.isfinite(float(rows[0][k])) for k in ("loss", "val_mAP"))
+
+
+def test_evaluate_reproduces_the_training_report(tiny_run):
+    from detseg.engine.evaluate import evaluate_model
+
+    _, run_dir = tiny_run
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    again = evaluate_model(run_dir, print_fn=lambda text: None)
+    assert again["stats"] == pytest.approx(saved["stats"], abs=1e-12)
+
+
+def test_resume_continues_from_last_epoch(tiny_run):
+    cfg, run_dir = tiny_run
+    resumed = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 2, "resume": True})})
+    train(resumed)
+    assert completed_epochs(run_dir / "history.csv") == 2
