@@ -190,3 +190,13 @@ def test_bad_arguments_name_what_was_received():
         YoloDetector(tiny_backbone(None), 3, ANCHORS_64)
     with pytest.raises(DetsegError, match="box_loss='iou'"):
         YoloDetector(tiny_backbone(64), 3, ANCHORS_64, box_loss="iou")
+
+
+def test_detector_rejects_what_it_cannot_run(overfit_run):
+    with pytest.raises(DetsegError, match="takes 96 px inputs, got input_size=128"):
+        Detector(overfit_run.model, input_size=128)
+    with pytest.raises(
+        DetsegError, match=r"RGB uint8 images \[H, W, 3\], got shape/dtype \(\(20, 30\)"
+    ):
+        Detector(overfit_run.model)([np.zeros((20, 30), np.uint8)])
+    assert Detector(overfit_run.model)([]) == []
