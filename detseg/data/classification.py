@@ -10,13 +10,13 @@ depends only on `(seed, e, i)`; pass `shuffle=False` to `fit()`.
 
 from __future__ import annotations
 
-import keras
 import numpy as np
 
 from detseg.config import DataConfig
 from detseg.data.augment import Augmenter
 from detseg.data.crops import Crops, cut_crop, object_crops
 from detseg.data.images import letterbox, read_image, resize_to_fit
+from detseg.data.loader import SeededBatches
 from detseg.data.splits import SplitName, load_split
 from detseg.errors import DetsegError
 
@@ -57,7 +57,7 @@ def check_classes(crops: Crops, split: str, class_names: list[str] | None = None
             raise DetsegError(f"no training images of class(es) {', '.join(empty)}", crops.root)
 
 
-class ClassificationLoader(keras.utils.PyDataset):
+class ClassificationLoader(SeededBatches):
     """Batches `(images float32 [B, S, S, 3] in 0..1, labels int32 [B])` of a `Crops` set at side `S`.
 
     Each crop is cut from its image (RGB uint8), resized so that its longer side is `S`,
@@ -78,44 +78,17 @@ class ClassificationLoader(keras.utils.PyDataset):
         use_multiprocessing: bool = False,
         max_queue_size: int = 10,
     ):
-        super().__init__(
-            workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size
-        )
-        if input_size < 1 or batch_size < 1:
-            raise ValueError(
-                f"input_size and batch_size must be >= 1, got {input_size} and {batch_size}"
-            )
-        if not len(crops):
-            raise ValueError("the crop set is empty")
         self.crops = crops
-        self.input_size = int(input_size)
-        self.batch_size = int(batch_size)
         self.augment = augment
-        self.shuffle = shuffle
-        self.seed = int(seed) % (1 << 32)  # numpy seeds are non-negative
-        self.set_epoch(0)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Jump to `epoch` (its order and augmentation), e.g. when resuming training."""
-        self.epoch = int(epoch)
-        n = len(self.crops)
-        self._order = (
-            np.random.default_rng([self.seed, self.epoch]).permutation(n)
-            if self.shuffle
-            else np.arange(n)
-        )
-
-    def on_epoch_end(self) -> None:
-        self.set_epoch(self.epoch + 1)
-
-    def __len__(self) -> int:
-        return -(-len(self.crops) // self.batch_size)
+        super().__init__(
+            len(crops), input_size, batch_size, shuffle=shuffle, seed=seed, workers=workers,
+            use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size,
+        )  # fmt: skip
 
     def batch_indices(self, index: int) -> np.ndarray:
         """The crop indices of batch `index` of the current epoch, in row order."""
-        if not 0 <= index < len(self):
-            raise IndexError(f"batch {index} out of range (0..{len(self) - 1})")
-        return self._order[index * self.batch_size : (index + 1) * self.batch_size]
+        positions = self._positions(index)
+        return self._order[positions.start : positions.stop]
 
     def load(self, crop_index: int, position: int = 0) -> np.ndarray:
         """Crop `crop_index` as the model sees it: uint8 `[S, S, 3]` (augmented as at `position` of this epoch)."""

@@ -93,7 +93,61 @@ class SemanticMaskEncoder:
         return np.stack(masks).astype(np.int32)
 
 
-class DetectionLoader(keras.utils.PyDataset):
+class SeededBatches(keras.utils.PyDataset):
+    """Batch bookkeeping shared by the loaders: a per-epoch order fixed by `(seed, epoch)`.
+
+    Subclasses pass the number of items; batch `i` of epoch `e` then holds the items at
+    positions `i * batch_size ...` of that epoch's order (a permutation when `shuffle`).
+    """
+
+    def __init__(
+        self,
+        num_items: int,
+        input_size: int,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        seed: int,
+        workers: int,
+        use_multiprocessing: bool,
+        max_queue_size: int,
+    ):
+        super().__init__(
+            workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size
+        )
+        if input_size < 1 or batch_size < 1:
+            raise ValueError(
+                f"input_size and batch_size must be >= 1, got {input_size} and {batch_size}"
+            )
+        if num_items < 1:
+            raise ValueError("there is nothing to batch: no samples")
+        self.num_items = int(num_items)
+        self.input_size = int(input_size)
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.seed = int(seed) % (1 << 32)  # numpy seeds are non-negative
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Jump to `epoch` (its order and augmentation), e.g. when resuming training."""
+        self.epoch = int(epoch)
+        n = self.num_items
+        self._order = np.random.default_rng([self.seed, self.epoch]).permutation(n) if self.shuffle else np.arange(n)
+
+    def on_epoch_end(self) -> None:
+        self.set_epoch(self.epoch + 1)
+
+    def __len__(self) -> int:
+        return -(-self.num_items // self.batch_size)
+
+    def _positions(self, index: int) -> range:
+        """Positions (in this epoch's order) of the items of batch `index`."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch {index} out of range (0..{len(self) - 1})")
+        return range(index * self.batch_size, min((index + 1) * self.batch_size, self.num_items))
+
+
+class DetectionLoader(SeededBatches):
     """Batches `(images float32 [B, S, S, 3] in 0..1, targets)` of a Dataset at input side `S`.
 
     Each sample is read (RGB uint8), resized so that its longer side is `S`, optionally
@@ -120,25 +174,12 @@ class DetectionLoader(keras.utils.PyDataset):
         mosaic_p: float = 0.0,
         max_queue_size: int = 10,
     ):
-        super().__init__(
-            workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size
-        )
-        if input_size < 1 or batch_size < 1:
-            raise ValueError(
-                f"input_size and batch_size must be >= 1, got {input_size} and {batch_size}"
-            )
         if not 0.0 <= mosaic_p <= 1.0:
             raise ValueError(f"mosaic_p must be in [0, 1], got {mosaic_p}")
-        if not len(dataset):
-            raise ValueError("the dataset has no samples")
         self.dataset = dataset
-        self.input_size = int(input_size)
-        self.batch_size = int(batch_size)
         self.augment = augment
-        self.shuffle = shuffle
-        self.seed = int(seed) % (1 << 32)  # numpy seeds are non-negative
         self.mosaic_p = float(mosaic_p)
-        most = max(s.num_boxes for s in dataset.samples)
+        most = max((s.num_boxes for s in dataset.samples), default=0)
         self.encoder = (
             encoder
             if encoder is not None
@@ -150,34 +191,10 @@ class DetectionLoader(keras.utils.PyDataset):
                 "a semantic-mask encoder needs a dataset with semantic masks (mask_values)"
             )
         self._lut = dataset.mask_lut()
-        self.epoch = 0
-        self._order = self._epoch_order()
-
-    # === Order and epochs ===
-
-    def _epoch_order(self) -> np.ndarray:
-        n = len(self.dataset)
-        return (
-            np.random.default_rng([self.seed, self.epoch]).permutation(n)
-            if self.shuffle
-            else np.arange(n)
-        )
-
-    def set_epoch(self, epoch: int) -> None:
-        """Jump to `epoch` (its order and augmentation), e.g. when resuming training."""
-        self.epoch = int(epoch)
-        self._order = self._epoch_order()
-
-    def on_epoch_end(self) -> None:
-        self.set_epoch(self.epoch + 1)
-
-    def __len__(self) -> int:
-        return -(-len(self.dataset) // self.batch_size)
-
-    def _positions(self, index: int) -> range:
-        if not 0 <= index < len(self):
-            raise IndexError(f"batch {index} out of range (0..{len(self) - 1})")
-        return range(index * self.batch_size, min((index + 1) * self.batch_size, len(self.dataset)))
+        super().__init__(
+            len(dataset), input_size, batch_size, shuffle=shuffle, seed=seed, workers=workers,
+            use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size,
+        )  # fmt: skip
 
     def batch_samples(self, index: int) -> list[Sample]:
         """The samples of batch `index` of the current epoch, in row order."""
