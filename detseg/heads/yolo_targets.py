@@ -81,8 +81,8 @@ class YoloTargetEncoder:
         max_boxes: M, rows of `gt_boxes`; boxes beyond it still get targets but are left out
             of the ignore rule (counted in `stats["truncated"]`).
 
-    `stats` counts, over all calls: `boxes` encoded, `degenerate` boxes skipped (zero width or
-    height: they cannot be encoded), `truncated` rows left out of `gt_boxes`, and `collisions`
+    `stats` counts, over all calls: `boxes` encoded, `degenerate` boxes skipped (zero, negative or
+    non-finite size: they cannot be encoded), `truncated` rows left out of `gt_boxes`, and `collisions`
     (two boxes on one cell and anchor: the smaller box keeps it).
     """
 
@@ -153,7 +153,7 @@ class YoloTargetEncoder:
             self.stats["degenerate"] += int(degenerate.sum())
         if degenerate.any():
             warnings.warn(
-                f"YOLO targets: skipped {int(degenerate.sum())} boxes of zero width or height",
+                f"YOLO targets: skipped {int(degenerate.sum())} boxes of zero, negative or non-finite size",
                 stacklevel=2,
             )
         return targets

@@ -97,11 +97,12 @@ def test_collision_keeps_the_smaller_box_and_is_counted():
 
 def test_degenerate_boxes_are_skipped_counted_and_reported():
     enc = encoder()
-    boxes = np.array([[5, 5, 5, 9], [0, 0, 10, 10]], np.float32)
-    with pytest.warns(UserWarning, match="skipped 1 boxes"):
-        targets = enc([boxes], [np.array([0, 1])])
+    # Zero width, a valid box, a NaN corner.
+    boxes = np.array([[5, 5, 5, 9], [0, 0, 10, 10], [1, 1, np.nan, 4]], np.float32)
+    with pytest.warns(UserWarning, match="skipped 2 boxes"):
+        targets = enc([boxes], [np.array([0, 1, 2])])
     assert len(assigned(targets)) == 1
-    assert enc.stats == {"boxes": 1, "degenerate": 1, "truncated": 0, "collisions": 0}
+    assert enc.stats == {"boxes": 1, "degenerate": 2, "truncated": 0, "collisions": 0}
 
 
 def test_gt_rows_beyond_max_boxes_are_counted():
