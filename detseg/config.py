@@ -166,7 +166,9 @@ class YoloConfig(_Section):
     )
     anchors_per_level: int = Field(3, ge=1, description="Anchors predicted at every grid cell of a level.")
     width: float = Field(1.0, gt=0, description="Channel multiplier of the neck and head.")
-    depth: int = Field(1, ge=1, description="Conv pairs in each neck stage (YOLOv3 uses 2-3).")
+    depth: int = Field(
+        1, ge=1, description="(1x1, 3x3) conv pairs per level, the head's 3x3 included: 1 is YOLOv3-tiny's head, 3 YOLOv3's."
+    )
     assign_thresh: float = Field(
         0.0, ge=0, le=1, description="Also assign a box to every other anchor whose shape IoU exceeds this (0: best only)."
     )
