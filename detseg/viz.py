@@ -16,8 +16,9 @@ import numpy as np
 from detseg.data.loader import DetectionLoader
 from detseg.data.sample import IGNORE_INDEX, Dataset
 from detseg.errors import DetsegError
+from detseg.feature_maps import feature_maps  # the chapter's filter demo, re-exported here
 
-__all__ = ["class_color", "draw_detections", "draw_semantic", "save_gallery", "tile_images"]
+__all__ = ["class_color", "draw_detections", "draw_semantic", "feature_maps", "save_gallery", "tile_images"]
 
 # Twenty well-separated RGB colours (a qualitative palette); class k uses _PALETTE[k % 20].
 _PALETTE = np.array(
