@@ -25,7 +25,7 @@ def run_demo(config: str | Path = DEFAULT_CONFIG, overrides: dict | None = None)
     shapes = generate_shapes(cfg.data.shapes, cfg.data.cache_dir)
     run_dir = train(cfg)  # prints the validation COCO table and writes metrics.json
     images_out = run_dir / "predictions"
-    predict(run_dir, source=str(shapes / "val"), save=str(images_out))
+    predict(run_dir, source=str(shapes / "val" / "images"), save=str(images_out))
     video_out = run_dir / "video_predictions.mp4"
     jsonl_out = run_dir / "video_predictions.jsonl"
     predict(run_dir, source=str(shapes / "video.mp4"), save=str(video_out), jsonl=str(jsonl_out))
