@@ -9,10 +9,13 @@ and JSONL with the same sinks; only the scheduling differs. The naive loop does 
 - `cpu`:   the model resizes the frame to 416x416 and blurs it until it has cost ~`cost` ms of
            OpenCV compute (OpenCV releases the GIL, as TensorFlow and XLA do).
 
-The model-based figures (the shapes detector, YOLOv3-tiny) come with `detseg predict`.
+With `--detectors WIDTHxSIDE ...` the models are real detectors instead: the demo
+architecture (darknet_tiny + two-level YOLO head, 3 classes) at that width and input side,
+through detseg's `Detector` (compiled call + host NMS); width 0.5 is the shapes demo model,
+width 1.0 is YOLOv3-tiny-sized. They are untrained (speed does not depend on the weights).
 
     .venv/bin/python benchmarks/bench_video.py [--video PATH] [--frames 150] [--costs 0 10 30]
-        [--repeats 3] [--cv2-threads N]
+        [--repeats 3] [--cv2-threads N] [--detectors 0.5x320 1.0x320 1.0x416]
 
 "model ms" is the model's mean time per frame measured inside each run (the `cpu` model slows
 down when it shares the cores with decoding and encoding); "busy" is the share of the run's wall
@@ -137,6 +140,22 @@ def timed_run(pipeline, video: Path, model, frames: int, out: Path) -> Run:
     return Run(done / wall, timed.seconds / timed.frames * 1000.0, timed.seconds / wall)
 
 
+def yolo_detector(spec: str) -> Callable[[list[np.ndarray]], list[dict]]:
+    """`Detector` over an untrained demo-architecture YOLO: spec "WIDTHxSIDE", e.g. "0.5x320"."""
+    from detseg.config import load_config
+    from detseg.heads import Detector, build_yolo
+
+    width, side = spec.split("x")
+    cfg = load_config(
+        None,
+        {"model.backbone_width": float(width), "model.yolo.width": float(width),
+         "model.yolo.levels": ["P4", "P5"], "model.input_size": int(side)},
+    )  # fmt: skip
+    anchors = [[18, 18], [24, 24], [31, 32], [41, 42], [57, 56], [78, 78]]
+    model = build_yolo(cfg.model, len(NAMES), anchors, cfg.predict)
+    return Detector(model, score_thr=cfg.predict.score_thr, iou_thr=cfg.predict.iou_thr, batch_size=1)
+
+
 # === The two pipelines ===
 
 
@@ -184,6 +203,7 @@ def main() -> None:
     )
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs per cell")
     parser.add_argument("--cv2-threads", type=int, help="cv2.setNumThreads for both sides")
+    parser.add_argument("--detectors", nargs="+", metavar="WIDTHxSIDE", help="real YOLO detectors instead of fake models")
     args = parser.parse_args()
     if args.cv2_threads is not None:
         cv2.setNumThreads(args.cv2_threads)
@@ -199,19 +219,26 @@ def main() -> None:
     print("model  cost ms | naive: fps  model ms  busy | threaded: fps  model ms  busy | ratio")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        for cost in args.costs:
-            for kind, model in (("sleep", sleep_model(cost)), ("cpu", cpu_model(cost, first))):
-                naive_runs, fast_runs = [], []
-                for _ in range(args.repeats):  # interleaved, so a busy moment hits both sides
-                    naive_runs.append(timed_run(naive_loop, args.video, model, args.frames, out))
-                    fast_runs.append(timed_run(threaded, args.video, model, args.frames, out))
-                naive = max(naive_runs, key=lambda r: r.fps)
-                fast = max(fast_runs, key=lambda r: r.fps)
-                print(
-                    f"{kind:<5} {cost:>8.1f} | {naive.fps:>10.1f} {naive.model_ms:>9.1f} "
-                    f"{naive.busy:>5.0%} | {fast.fps:>13.1f} {fast.model_ms:>9.1f} "
-                    f"{fast.busy:>5.0%} | {fast.fps / naive.fps:>4.2f}x"
-                )
+        if args.detectors:
+            cells = [(f"yolo {spec}", 0.0, yolo_detector(spec)) for spec in args.detectors]
+        else:
+            cells = [
+                (kind, cost, model)
+                for cost in args.costs
+                for kind, model in (("sleep", sleep_model(cost)), ("cpu", cpu_model(cost, first)))
+            ]
+        for kind, cost, model in cells:
+            naive_runs, fast_runs = [], []
+            for _ in range(args.repeats):  # interleaved, so a busy moment hits both sides
+                naive_runs.append(timed_run(naive_loop, args.video, model, args.frames, out))
+                fast_runs.append(timed_run(threaded, args.video, model, args.frames, out))
+            naive = max(naive_runs, key=lambda r: r.fps)
+            fast = max(fast_runs, key=lambda r: r.fps)
+            print(
+                f"{kind:<5} {cost:>8.1f} | {naive.fps:>10.1f} {naive.model_ms:>9.1f} "
+                f"{naive.busy:>5.0%} | {fast.fps:>13.1f} {fast.model_ms:>9.1f} "
+                f"{fast.busy:>5.0%} | {fast.fps / naive.fps:>4.2f}x"
+            )
 
 
 if __name__ == "__main__":
