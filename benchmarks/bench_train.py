@@ -21,7 +21,7 @@ import numpy as np
 from detseg.config import load_config, parse_override
 from detseg.data import DetectionLoader, build_augment, load_split, read_image
 from detseg.engine.train import anchor_list, fit_config_anchors
-from detseg.heads import Detector, YoloTargetEncoder, build_yolo, level_stride
+from detseg.heads import Detector, build_yolo
 from detseg.quiet import start_backend_quietly
 
 
@@ -49,10 +49,7 @@ def main() -> None:
     yolo, size, batch = cfg.model.yolo, cfg.model.input_size, cfg.train.batch_size
     model = build_yolo(cfg.model, len(train_ds.class_names), anchors, cfg.predict)
     model.compile(optimizer=keras.optimizers.AdamW(cfg.train.lr))
-    encoder = YoloTargetEncoder(
-        anchors, [level_stride(lv) for lv in yolo.levels], size, len(train_ds.class_names),
-        anchors_per_level=yolo.anchors_per_level, assign_thresh=yolo.assign_thresh,
-    )  # fmt: skip
+    encoder = model.make_target_encoder(yolo.assign_thresh)
     loader = DetectionLoader(
         train_ds, size, batch, augment=build_augment(cfg.train.augment), encoder=encoder, shuffle=True,
         workers=cfg.data.workers, mosaic_p=cfg.train.augment.mosaic_p,

@@ -19,11 +19,11 @@ import numpy as np
 
 from detseg.anchors import Anchors, fit_anchors
 from detseg.config import Config, TrainConfig, dump_config
-from detseg.data import DetectionLoader, build_augment, load_split
+from detseg.data import DetectionLoader, build_augment, letterbox_params, load_split
 from detseg.data.sample import Dataset
 from detseg.engine.evaluate import evaluate_detector, write_detection_report
 from detseg.errors import DetsegError
-from detseg.heads import YoloDetector, YoloTargetEncoder, build_yolo, level_stride
+from detseg.heads import YoloDetector, build_yolo
 from detseg.metrics import EvaluateCallback
 
 log = logging.getLogger("detseg")
@@ -37,8 +37,9 @@ def letterboxed_box_sizes(dataset: Dataset, input_size: int) -> np.ndarray:
     sizes = []
     for sample in dataset.samples:
         if len(sample.boxes):
+            params = letterbox_params(sample.width, sample.height, input_size)
             wh = sample.boxes[:, 2:] - sample.boxes[:, :2]
-            sizes.append(wh * (input_size / max(sample.width, sample.height)))
+            sizes.append(wh * np.array([params.scale_x, params.scale_y], np.float32))
     return np.concatenate(sizes) if sizes else np.zeros((0, 2), np.float32)
 
 
@@ -213,15 +214,7 @@ def train_detector(cfg: Config) -> Path:
         log.info("resuming from %s at epoch %d", last, initial_epoch)
     else:
         model = build_yolo(cfg.model, len(train_ds.class_names), cfg.model.yolo.anchors, cfg.eval)
-    yolo = cfg.model.yolo
-    encoder = YoloTargetEncoder(
-        yolo.anchors,
-        [level_stride(level) for level in yolo.levels],
-        cfg.model.input_size,
-        len(train_ds.class_names),
-        anchors_per_level=yolo.anchors_per_level,
-        assign_thresh=yolo.assign_thresh,
-    )
+    encoder = model.make_target_encoder(cfg.model.yolo.assign_thresh)
     loader = DetectionLoader(
         train_ds,
         cfg.model.input_size,

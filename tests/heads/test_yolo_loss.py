@@ -47,8 +47,9 @@ def random_logits(batch: int, seed: int, scale: float = 1.0) -> dict[str, np.nda
     }
 
 
-def loss_terms(targets, outputs, box_loss="ciou", ignore_thresh=0.5, label_smoothing=0.0):
-    terms = yolo_loss_terms(
+def raw_loss_terms(targets, outputs, box_loss="ciou", ignore_thresh=0.5, label_smoothing=0.0):
+    """(box, obj, cls) per image as backend tensors, for the test model's anchors and strides."""
+    return yolo_loss_terms(
         targets,
         outputs,
         LEVEL_ANCHORS,
@@ -59,6 +60,10 @@ def loss_terms(targets, outputs, box_loss="ciou", ignore_thresh=0.5, label_smoot
         box_loss=box_loss,
         label_smoothing=label_smoothing,
     )
+
+
+def loss_terms(targets, outputs, box_loss="ciou", ignore_thresh=0.5, label_smoothing=0.0):
+    terms = raw_loss_terms(targets, outputs, box_loss, ignore_thresh, label_smoothing)
     return [keras.ops.convert_to_numpy(t) for t in terms]
 
 
@@ -197,16 +202,7 @@ def test_gradients_are_finite_even_for_extreme_logits(box_loss):
     targets = encode([[[1, 1, 2, 2], [0, 0, 64, 64], [8, 8, 24, 24]], []], [[0, 1, 2], []])
     outputs = {k: tf.Variable(v) for k, v in random_logits(2, seed=4, scale=30.0).items()}
     with tf.GradientTape() as tape:
-        terms = yolo_loss_terms(
-            targets,
-            outputs,
-            LEVEL_ANCHORS,
-            STRIDES,
-            num_classes=NUM_CLASSES,
-            input_size=64,
-            ignore_thresh=0.5,
-            box_loss=box_loss,
-        )
+        terms = raw_loss_terms(targets, outputs, box_loss)
         total = tf.reduce_sum(terms[0] + terms[1] + terms[2])
     grads = tape.gradient(total, list(outputs.values()))
     assert np.isfinite(total.numpy())
