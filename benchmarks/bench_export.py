@@ -31,9 +31,10 @@ import numpy as np
 
 from detseg.config import dump_config, load_config
 from detseg.engine.export import export
-from detseg.engine.exported import ExportedDetector
+from detseg.engine.exported import open_exported
 from detseg.heads.yolo import build_yolo
 from detseg.heads.yolo_infer import Detector
+from detseg.tasks.detect import ExportedDetector
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_VIDEO = ROOT.parent / "shared" / "data" / "videos" / "car-detection.mp4"
@@ -117,7 +118,8 @@ def main() -> None:
             export_s = {}
             for fmt in FORMATS:
                 start = time.perf_counter()
-                sides[fmt] = ExportedDetector(export(run, fmt))
+                artefact = export(run, fmt)
+                sides[fmt] = ExportedDetector(*open_exported(artefact), artefact)
                 export_s[fmt] = time.perf_counter() - start
             best = {name: float("inf") for name in sides}
             counts = {}

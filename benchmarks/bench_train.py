@@ -19,10 +19,10 @@ import keras
 import numpy as np
 
 from detseg.config import load_config, parse_override
-from detseg.data import DetectionLoader, build_augment, load_split, read_image
-from detseg.engine.train import anchor_list, fit_config_anchors
+from detseg.data import load_split, read_image, training_loader
 from detseg.heads import Detector, build_yolo
 from detseg.quiet import start_backend_quietly
+from detseg.tasks.detect import anchor_list, fit_config_anchors
 
 
 def seconds_per_call(fn, repeats: int) -> float:
@@ -46,14 +46,10 @@ def main() -> None:
     cfg = load_config(args.config, dict(parse_override(s) for s in args.set))
     train_ds = load_split(cfg.data, "train")
     anchors = anchor_list(fit_config_anchors(cfg, dataset=train_ds))
-    yolo, size, batch = cfg.model.yolo, cfg.model.input_size, cfg.train.batch_size
+    size, batch = cfg.model.input_size, cfg.train.batch_size
     model = build_yolo(cfg.model, len(train_ds.class_names), anchors, cfg.predict)
     model.compile(optimizer=keras.optimizers.AdamW(cfg.train.lr))
-    encoder = model.make_target_encoder(yolo.assign_thresh)
-    loader = DetectionLoader(
-        train_ds, size, batch, augment=build_augment(cfg.train.augment), encoder=encoder, shuffle=True,
-        workers=cfg.data.workers, mosaic_p=cfg.train.augment.mosaic_p,
-    )  # fmt: skip
+    loader = training_loader(cfg, train_ds, model.make_target_encoder())
     steps = min(args.steps, len(loader))
     ready = [loader[i] for i in range(steps)]
 

@@ -1,9 +1,10 @@
 """Video inference throughput: detseg's threaded runner vs a naive single-threaded loop, one run.
 
-Both sides read the same clip with the same source, call the same fake model, draw the same
-five boxes with `detseg.viz.draw_detections` and the same FPS overlay, and write the same .mp4
-and JSONL with the same sinks; only the scheduling differs. The naive loop does decode -> model
--> draw -> encode one after the other; `run_stream` overlaps them on three threads. Two fake models of fixed cost per frame:
+Both sides read the same clip with the same source, call the same fake model through the same
+`DetectionPredictor`, draw the same five boxes with it (`detseg.viz.draw_detections`) and the
+same FPS overlay, and write the same .mp4 and JSONL with the same sinks; only the scheduling
+differs. The naive loop does decode -> model -> draw -> encode one after the other;
+`run_stream` overlaps them on three threads. Two fake models of fixed cost per frame:
 
 - `sleep`: the model waits `cost` ms without using the CPU, like a model on an accelerator;
 - `cpu`:   the model resizes the frame to 416x416 and blurs it until it has cost ~`cost` ms of
@@ -35,10 +36,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from detseg.engine.sinks import JsonlSink, RateMeter, VideoFileSink, draw_fps
-from detseg.engine.sources import open_source
-from detseg.engine.video import run_stream
-from detseg.viz import draw_detections
+from detseg.stream import JsonlSink, RateMeter, VideoFileSink, draw_fps, open_source, run_stream
+from detseg.tasks.predictors import DetectionPredictor
 
 DEFAULT_VIDEO = (
     Path(__file__).resolve().parents[2] / "shared" / "data" / "videos" / "car-detection.mp4"
@@ -161,18 +160,17 @@ def yolo_detector(spec: str) -> Callable[[list[np.ndarray]], list[dict]]:
 
 def naive_loop(video: Path, infer, frames: int, out: Path) -> int:
     """Decode, infer, draw, encode, one frame at a time on one thread; returns the frames done."""
+    predictor = DetectionPredictor(infer, NAMES)
     source = open_source(str(video))
     video_sink = VideoFileSink(out / "naive.mp4", source.fps)
-    jsonl_sink = JsonlSink(out / "naive.jsonl", NAMES)
+    jsonl_sink = JsonlSink(out / "naive.jsonl")
     meter = RateMeter()
     done = 0
     while done < frames and (frame := source.read()) is not None:
-        det = infer([frame.image])[0]
-        image = draw_detections(
-            frame.image, det["boxes"], det["labels"], scores=det["scores"], class_names=NAMES
-        )
+        det = predictor([frame.image])[0]
+        image = predictor.draw(frame.image, det)
         video_sink.write(frame, draw_fps(image, meter.tick(time.monotonic())))
-        jsonl_sink.write(frame, det)
+        jsonl_sink.write(frame, predictor.record(det))
         done += 1
     for closable in (source, video_sink, jsonl_sink):
         closable.close()
@@ -180,12 +178,10 @@ def naive_loop(video: Path, infer, frames: int, out: Path) -> int:
 
 
 def threaded(video: Path, infer, frames: int, out: Path) -> int:
-    """`run_stream` with the same model, drawer and outputs; returns the frames done."""
+    """`run_stream` with the same predictor and outputs; returns the frames done."""
     summary = run_stream(
         str(video),
-        infer,
-        class_names=NAMES,
-        draw=draw_detections,
+        DetectionPredictor(infer, NAMES),
         save=out / "threaded.mp4",
         jsonl=out / "threaded.jsonl",
         max_frames=frames,

@@ -18,7 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from detseg.config import ModelConfig  # noqa: E402
+from detseg.config import DetectorModelConfig  # noqa: E402
 from detseg.heads import Detector, build_yolo, host_nms  # noqa: E402
 from detseg.heads.yolo_decode import nms_padded  # noqa: E402
 
@@ -41,7 +41,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
     size = args.size
-    cfg = ModelConfig(
+    cfg = DetectorModelConfig(
         backbone="darknet_tiny",
         backbone_width=0.5,
         input_size=size,

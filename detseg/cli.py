@@ -105,7 +105,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_anchors(args: argparse.Namespace) -> int:
     from detseg.config import set_config_value
-    from detseg.engine.train import anchor_list, describe_anchors, fit_config_anchors
+    from detseg.tasks.detect import anchor_list, describe_anchors, fit_config_anchors
 
     anchors = fit_config_anchors(_load(args), k=args.k)
     print(describe_anchors(anchors))

@@ -11,10 +11,19 @@ from __future__ import annotations
 import difflib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from detseg.errors import DetsegError
 
@@ -23,6 +32,9 @@ __all__ = [
     "Config",
     "DataConfig",
     "EvalConfig",
+    "MODEL_KINDS",
+    "ClassifierModelConfig",
+    "DetectorModelConfig",
     "ModelConfig",
     "PredictConfig",
     "ShapesConfig",
@@ -172,6 +184,9 @@ class YoloConfig(_Section):
     assign_thresh: float = Field(
         0.0, ge=0, le=1, description="Also assign a box to every other anchor whose shape IoU exceeds this (0: best only)."
     )
+    max_boxes: int = Field(
+        100, ge=1, description="Most ground-truth boxes per image given to the training targets (extra ones are counted and dropped)."
+    )
     ignore_thresh: float = Field(
         0.5, ge=0, le=1, description="Predictions overlapping a ground truth above this IoU are not penalised as background."
     )
@@ -182,10 +197,9 @@ class YoloConfig(_Section):
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="Class label smoothing.")
 
 
-class ModelConfig(_Section):
-    """What to build: the task head, its backbone and the input size."""
+class _ModelSection(_Section):
+    """Fields every model kind has: the backbone, its weights and the input size."""
 
-    kind: Literal["yolov3", "classifier"] = Field("yolov3", description="Task head to build.")
     backbone: str = Field(
         "darknet_tiny", description="Backbone name from detseg.backbones.BACKBONES, or 'applications:<name>'."
     )
@@ -194,15 +208,9 @@ class ModelConfig(_Section):
         None, description="Backbone weights: null (random), 'imagenet' (keras.applications), or a local .weights.h5 file."
     )
     input_size: int = Field(320, ge=32, description="Square model input side in pixels; a multiple of 32.")
-    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout before a classifier's output layer.")
-    top: Literal["gap", "paper"] = Field(
-        "gap",
-        description=(
-            "Classifier top: 'gap' (global average pooling + softmax, any backbone) or 'paper' "
-            "(the original dense top of lenet5, alexnet, vgg16/19; fixed input size)."
-        ),
-    )
-    yolo: YoloConfig = Field(default_factory=YoloConfig, description="YOLO head options (kind: yolov3).")
+
+    unused: ClassVar[tuple[str, ...]] = ()
+    """Dotted keys of other sections this kind does not use: setting one to a non-default value is an error."""
 
     @field_validator("input_size")
     @classmethod
@@ -210,6 +218,71 @@ class ModelConfig(_Section):
         if value % 32:
             raise ValueError("must be a multiple of 32")
         return value
+
+
+class DetectorModelConfig(_ModelSection):
+    """A YOLOv3-style anchor detector (`kind: yolov3`) on a backbone pyramid."""
+
+    kind: Literal["yolov3"] = Field("yolov3", description="Task head to build: the YOLOv3-style detector.")
+    yolo: YoloConfig = Field(default_factory=YoloConfig, description="YOLO head options.")
+
+    unused: ClassVar[tuple[str, ...]] = ("data.crops", "data.crop_padding")
+
+
+class ClassifierModelConfig(_ModelSection):
+    """An image classifier (`kind: classifier`): a backbone plus a classification top."""
+
+    kind: Literal["classifier"] = Field("classifier", description="Task head to build: an image classifier.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout before the output layer.")
+    top: Literal["gap", "paper"] = Field(
+        "gap",
+        description=(
+            "Classifier top: 'gap' (global average pooling + softmax, any backbone) or 'paper' "
+            "(the original dense top of lenet5, alexnet, vgg16/19; fixed input size)."
+        ),
+    )
+
+    # Crops are classified whole: no boxes to keep visible, no mosaic; evaluation and
+    # prediction report top-k classes, with no score threshold or NMS.
+    unused: ClassVar[tuple[str, ...]] = (
+        "train.augment.mosaic_p",
+        "train.augment.min_visibility",
+        "train.augment.min_area",
+        "eval.score_thr",
+        "eval.iou_thr",
+        "eval.max_det",
+        "eval.voc_iou_thr",
+        "predict.score_thr",
+        "predict.iou_thr",
+        "predict.max_det",
+        "predict.agnostic_nms",
+    )
+
+
+MODEL_KINDS: dict[str, type[_ModelSection]] = {
+    "yolov3": DetectorModelConfig,
+    "classifier": ClassifierModelConfig,
+}
+"""model.kind -> its config section; a new head adds its section here (and its Task in detseg.tasks)."""
+
+DEFAULT_KIND = "yolov3"
+
+
+def _model_kind(raw: Any) -> str:
+    """The `kind` of a model section (a dict from YAML or a section object); yolov3 when absent."""
+    kind = raw.get("kind", DEFAULT_KIND) if isinstance(raw, dict) else getattr(raw, "kind", DEFAULT_KIND)
+    return str(kind)
+
+
+ModelConfig = Annotated[
+    Union[tuple(Annotated[section, Tag(kind)] for kind, section in MODEL_KINDS.items())],  # noqa: UP007
+    Discriminator(
+        _model_kind,
+        custom_error_type="unknown_model_kind",
+        custom_error_message=f"must be one of {', '.join(MODEL_KINDS)}",
+    ),
+]
+"""The model section: a union discriminated by `kind`; each kind declares only its own fields."""
 
 
 # === Training ===
@@ -257,18 +330,31 @@ class TrainConfig(_Section):
     mixed_precision: bool = Field(False, description="Train in mixed_float16/bfloat16 where the device supports it.")
     resume: bool = Field(False, description="Continue from the run folder's last.keras.")
     freeze_backbone_epochs: int = Field(
-        0, ge=0, description="Train the head with the backbone frozen for this many epochs, then unfreeze."
+        0,
+        ge=0,
+        description=(
+            "Train the head with the backbone frozen for this many epochs, then unfreeze it and "
+            "continue at `finetune_lr` (every model kind)."
+        ),
     )
     finetune_lr: float | None = Field(
         None, gt=0, description="Learning rate after unfreezing the backbone (default: lr / 10)."
     )
-    eval_every: int = Field(1, ge=1, description="Evaluate mAP on the validation split every N epochs.")
+    eval_every: int = Field(
+        1,
+        ge=1,
+        description=(
+            "Score the validation split (mAP, accuracy, ...) every N epochs, and after the first and last; "
+            "best.keras is chosen among the scored epochs."
+        ),
+    )
     time_limit: float | None = Field(
         None,
         gt=0,
         description=(
-            "Stop training after this many minutes (the best model so far is kept); for detectors the "
-            "learning-rate warm-up and schedule then span this time budget instead of `epochs`."
+            "Stop training after this many minutes (the best model so far is kept); the learning-rate "
+            "warm-up and schedule then span this time budget instead of `epochs` (a resumed run "
+            "continues the budget where it stopped)."
         ),
     )
 
@@ -300,10 +386,26 @@ class Config(_Section):
     name: str = Field("run", description="Run name: the run folder is <out_dir>/<name>.")
     out_dir: str = Field("runs", description="Parent folder of run folders.")
     data: DataConfig = Field(default_factory=DataConfig, description="Dataset.")
-    model: ModelConfig = Field(default_factory=ModelConfig, description="Model.")
+    model: ModelConfig = Field(default_factory=DetectorModelConfig, description="Model (its fields depend on `kind`).")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Training.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation.")
     predict: PredictConfig = Field(default_factory=PredictConfig, description="Prediction.")
+
+    @model_validator(mode="after")
+    def _no_unused_fields(self) -> Config:
+        """A field the chosen model kind would ignore must keep its default (never silently dropped)."""
+        for key in self.model.unused:
+            section_path, name = key.rsplit(".", 1)
+            section: BaseModel = self
+            for part in section_path.split("."):
+                section = getattr(section, part)
+            default = type(section).model_fields[name].get_default(call_default_factory=True)
+            if getattr(section, name) != default:
+                raise ValueError(
+                    f"{key}: not used by model.kind {self.model.kind!r}; remove it "
+                    f"(it would be ignored; default {default!r})"
+                )
+        return self
 
     @property
     def run_dir(self) -> Path:
@@ -339,10 +441,20 @@ def _apply_override(raw: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def _section_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+def _untagged(loc: tuple[Any, ...]) -> tuple[tuple[Any, ...], str | None]:
+    """`loc` without the union tag pydantic inserts after "model", and that tag (the kind)."""
+    if len(loc) > 1 and loc[0] == "model" and loc[1] in MODEL_KINDS:
+        return (loc[0], *loc[2:]), str(loc[1])
+    return loc, None
+
+
+def _section_at(loc: tuple[Any, ...], kind: str | None) -> type[BaseModel] | None:
     """The pydantic model that holds the field at `loc` (for listing valid keys)."""
     model: type[BaseModel] = Config
     for part in loc[:-1]:
+        if model is Config and part == "model":
+            model = MODEL_KINDS[kind or DEFAULT_KIND]
+            continue
         field = model.model_fields.get(str(part))
         annotation = getattr(field, "annotation", None)
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
@@ -353,17 +465,22 @@ def _section_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
 
 def _describe_error(err: Mapping[str, Any]) -> str:
     """One readable sentence for one pydantic error entry."""
-    loc = tuple(err["loc"])
+    loc, kind = _untagged(tuple(err["loc"]))
     path = ".".join(str(p) for p in loc)
     if err["type"] == "extra_forbidden":
-        section = _section_at(loc)
+        section = _section_at(loc, kind)
         valid = sorted(section.model_fields) if section else []
         close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        return f"unknown key {path!r}{hint}; valid keys here: {', '.join(valid)}"
+        for_kind = f" for model.kind {kind!r}" if kind else ""
+        return f"unknown key {path!r}{for_kind}{hint}; valid keys here: {', '.join(valid)}"
     msg = err["msg"].removeprefix("Value error, ")
     got = err.get("input")
-    return f"{path}: {msg[:1].lower()}{msg[1:]} (got {got!r})" if path else msg
+    if err["type"] == "unknown_model_kind":
+        return f"model.kind: {msg} (got {_model_kind(got)!r})"
+    if not path:
+        return msg
+    return f"{path}: {msg[:1].lower()}{msg[1:]}" + ("" if isinstance(got, dict) else f" (got {got!r})")
 
 
 def config_from_dict(raw: Mapping[str, Any], source: str = "<config>") -> Config:

@@ -1,24 +1,24 @@
 """Drawing on RGB images with OpenCV: boxes with class names and scores, instance and semantic masks.
 
 The drawing functions are cheap enough to run on every video frame (a few OpenCV calls per
-box, one blend for all masks). `save_gallery` tiles a few (augmented) samples of a dataset
+box, one blend for all masks). `save_gallery` tiles a batch of a loader (augmented, for training)
 into one PNG, to see what the model will be trained on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from detseg.data.loader import DetectionLoader
-from detseg.data.sample import IGNORE_INDEX, Dataset
+from detseg.data.sample import IGNORE_INDEX
 from detseg.errors import DetsegError
 from detseg.feature_maps import feature_maps  # the chapter's filter demo, re-exported here
 
-__all__ = ["class_color", "draw_detections", "draw_semantic", "feature_maps", "save_gallery", "tile_images"]
+__all__ = ["class_color", "draw_detections", "draw_semantic", "feature_maps", "save_gallery", "tile_images", "GalleryTargets"]
 
 # Twenty well-separated RGB colours (a qualitative palette); class k uses _PALETTE[k % 20].
 _PALETTE = np.array(
@@ -121,8 +121,9 @@ def tile_images(images: Sequence[np.ndarray], columns: int, gap: int = 4) -> np.
     return grid
 
 
-class _KeepAll:
-    """A loader encoder that keeps each sample's boxes, labels (and semantic masks) as they are."""
+class GalleryTargets:
+    """A loader encoder that keeps each sample's boxes, labels (and semantic masks) as they
+    are, so a gallery shows a batch exactly as the loader prepared it."""
 
     def __init__(self, semantic: bool):
         if semantic:
@@ -132,39 +133,16 @@ class _KeepAll:
         return boxes, labels, masks
 
 
-def save_gallery(
-    dataset: Dataset,
-    out_png: str | Path,
-    augment: Callable[..., tuple] | None = None,
-    n: int = 8,
-    *,
-    size: int = 320,
-    seed: int = 0,
-    mosaic_p: float = 0.0,
-    columns: int = 4,
-) -> Path:
-    """Write a PNG grid of `n` random samples as the loader delivers them (augmented when `augment` is given).
+def save_gallery(loader: DetectionLoader, out_png: str | Path, *, columns: int = 4) -> Path:
+    """Write a PNG grid of the first batch of `loader` (its encoder a `GalleryTargets`), as the
+    model will see it: augmented when the loader augments.
 
-    Boxes are captioned with class names; semantic masks are tinted when the dataset has them
-    and the augmentation (if any) is a segmentation one (its "background" class, if any, is
-    left untinted).
+    Boxes are captioned with class names; semantic masks are tinted when the loader reads
+    them (the dataset's "background" class, if any, is left untinted).
     """
-    if n < 1:
-        raise DetsegError(f"gallery needs at least one image, got n={n}")
-    semantic = (
-        dataset.mask_values is not None
-        and getattr(augment, "task", "segmentation") == "segmentation"
-    )
-    loader = DetectionLoader(
-        dataset,
-        size,
-        min(n, len(dataset)),
-        augment=augment,
-        encoder=_KeepAll(semantic),
-        shuffle=True,
-        seed=seed,
-        mosaic_p=mosaic_p,
-    )
+    if not isinstance(loader.encoder, GalleryTargets):
+        raise DetsegError(f"a gallery needs a loader with GalleryTargets, got {type(loader.encoder).__name__}")
+    dataset = loader.dataset
     images, (boxes, labels, masks) = loader[0]
     skip = [IGNORE_INDEX] + (
         [0] if dataset.mask_classes and dataset.mask_classes[0] == "background" else []

@@ -50,6 +50,14 @@ def test_unknown_subcommand_exits_2_with_one_line():
     [
         ("train:\n  epoch: 3\n", "unknown key 'train.epoch' (did you mean 'epochs'?)"),
         ("train:\n  epochs: three\n", "train.epochs: input should be a valid integer"),
+        # A field the chosen kind would ignore, and a key of another kind's model section.
+        (
+            "model:\n  kind: classifier\ntrain:\n  augment:\n    mosaic_p: 0.5\n",
+            "train.augment.mosaic_p: not used by model.kind 'classifier'",
+        ),
+        ("model:\n  kind: yolov3\n  top: gap\n", "unknown key 'model.top' for model.kind 'yolov3'"),
+        ("model:\n  kind: classifier\n  yolo:\n    width: 0.5\n", "unknown key 'model.yolo' for model.kind 'classifier'"),
+        ("model:\n  kind: unet3d\n", "model.kind: must be one of"),
     ],
 )
 def test_bad_config_exits_2_naming_the_file(tmp_path, yaml_text, expected):
@@ -126,3 +134,23 @@ def test_evaluate_gt_without_dt_is_a_usage_error():
     res = run_cli("evaluate", "--gt", "gt.json")
     assert res.returncode == 2
     assert res.stderr.strip() == "detseg: error: --gt and --dt go together (ground truth and detections files)"
+
+
+def test_convert_of_a_truncated_xml_is_one_line_without_keras(tmp_path):
+    """`detseg convert` never imports Keras or TensorFlow: no start-up chatter, no seconds lost."""
+    (tmp_path / "ann").mkdir()
+    (tmp_path / "ann" / "a.xml").write_text("<annotation><filename>a.jpg</filename><size><width>10")
+    probe = (
+        "import sys, json\n"
+        "from detseg.cli import main\n"
+        f"code = main(['convert', '--from', 'voc', '--to', 'coco', {str(tmp_path / 'ann')!r}, {str(tmp_path / 'out.json')!r}])\n"
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'keras', 'tensorflow', 'jax', 'albumentations'})\n"
+        "print(json.dumps(heavy))\n"
+        "sys.exit(code)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2
+    assert res.stderr.splitlines() == [
+        f"detseg: error: {tmp_path / 'ann' / 'a.xml'}: XML does not parse at line 1 column 54: no element found"
+    ]
+    assert res.stdout.strip() == "[]"  # none of the heavy modules was imported

@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from detseg.config import Config, dump_config, load_config, parse_override
+from detseg.config import (
+    MODEL_KINDS,
+    ClassifierModelConfig,
+    Config,
+    DetectorModelConfig,
+    dump_config,
+    load_config,
+    parse_override,
+)
 from detseg.errors import DetsegError
 
 
@@ -25,6 +33,8 @@ def test_defaults_are_documented_and_every_field_has_a_default():
                 walk(ann)
 
     walk(Config)
+    for section in MODEL_KINDS.values():  # the model section is a union over the kinds
+        walk(section)
 
 
 def test_yaml_round_trip(tmp_path):
@@ -154,3 +164,33 @@ def test_set_config_value_writes_back_a_valid_file(tmp_path):
     with pytest.raises(DetsegError, match="train.epochs"):
         set_config_value(path, "train.epochs", "many")
     assert load_config(path).train.epochs == 7  # a rejected value is never written
+
+
+def test_model_section_is_chosen_by_kind(tmp_path):
+    assert isinstance(load_config(None).model, DetectorModelConfig)  # kind defaults to yolov3
+    cfg = load_config(None, {"model.kind": "classifier", "model.dropout": 0.3})
+    assert isinstance(cfg.model, ClassifierModelConfig) and cfg.model.dropout == 0.3
+    out = dump_config(cfg, tmp_path / "c.yaml")
+    assert load_config(out) == cfg  # the union round-trips through YAML
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"model.kind": "classifier", "train.augment.mosaic_p": 0.5}, "train.augment.mosaic_p"),
+        ({"model.kind": "classifier", "eval.iou_thr": 0.5}, "eval.iou_thr"),
+        ({"model.kind": "classifier", "predict.score_thr": 0.5}, "predict.score_thr"),
+        ({"model.kind": "yolov3", "data.crops": True}, "data.crops"),
+    ],
+)
+def test_a_field_the_kind_would_ignore_is_an_error(overrides, field):
+    kind = overrides["model.kind"]
+    with pytest.raises(DetsegError, match=f"{field}: not used by model.kind '{kind}'"):
+        load_config(None, overrides)
+
+
+def test_unused_fields_at_their_default_are_accepted(tmp_path):
+    """A run's config.yaml holds every field, defaults included: it must load back for any kind."""
+    for kind in MODEL_KINDS:
+        cfg = load_config(None, {"model.kind": kind})
+        assert load_config(dump_config(cfg, tmp_path / f"{kind}.yaml")) == cfg

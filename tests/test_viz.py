@@ -5,8 +5,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from detseg.data import Dataset, Sample
-from detseg.viz import class_color, draw_detections, draw_semantic, save_gallery
+from detseg.data import Dataset, DetectionLoader, Sample
+from detseg.viz import GalleryTargets, class_color, draw_detections, draw_semantic, save_gallery
 
 
 def test_boxes_are_drawn_in_their_class_colour_on_a_copy():
@@ -58,7 +58,8 @@ def test_gallery_tiles_the_samples(tmp_path):
         path = tmp_path / f"{i}.png"
         cv2.imwrite(str(path), np.full((40, 60, 3), 50 * i, np.uint8))
         samples.append(Sample(path, 60, 40, [[5, 5, 30, 30]], [i % 2]))
-    out = save_gallery(Dataset(samples, ["a", "b"]), tmp_path / "g.png", n=3, size=64, columns=2)
+    loader = DetectionLoader(Dataset(samples, ["a", "b"]), 64, 3, encoder=GalleryTargets(semantic=False))
+    out = save_gallery(loader, tmp_path / "g.png", columns=2)
     grid = cv2.imread(str(out))
     assert grid.shape == (2 * 64 + 4, 2 * 64 + 4, 3)  # 2 x 2 tiles of 64 px with a 4 px gap
     assert (grid[68:, 68:] == 255).all()  # the fourth tile is empty

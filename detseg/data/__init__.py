@@ -3,9 +3,15 @@
 Every reader returns a `Dataset` of `Sample`s (boxes `[N, 4]` float32 xyxy absolute pixels,
 labels `[N]` int32); `load_split(cfg.data, "train")` is the entry point from a config and
 `DetectionLoader` turns a Dataset into training or evaluation batches.
+
+The batch loaders (Keras `PyDataset`) and the augmentation (albumentations) load on first
+use (PEP 562): reading and converting annotations never starts Keras, so `detseg convert`
+stays light.
 """
 
-from detseg.data.augment import Augmenter, build_augment
+from importlib import import_module
+from typing import Any
+
 from detseg.data.coco import decode_instance_masks, load_coco, write_coco
 from detseg.data.convert import BOX_FORMATS, FORMATS, ConvertReport, convert, read_annotations
 from detseg.data.imagefolder import load_imagefolder
@@ -19,7 +25,6 @@ from detseg.data.images import (
     read_image,
     unletterbox_boxes,
 )
-from detseg.data.loader import PAD_LABEL, DetectionLoader, PaddedBoxEncoder, SemanticMaskEncoder
 from detseg.data.masks import load_masks, read_semantic_mask
 from detseg.data.sample import IGNORE_INDEX, Dataset, Sample, Summary
 from detseg.data.shapes import CLASS_NAMES as SHAPES_CLASSES
@@ -29,20 +34,30 @@ from detseg.data.via import load_via, write_via
 from detseg.data.voc import load_voc, write_voc
 from detseg.data.yolo import load_yolo, write_yolo
 
+_LAZY: dict[str, tuple[str, str]] = {
+    "Augmenter": ("detseg.data.augment", "Augmenter"),
+    "build_augment": ("detseg.data.augment", "build_augment"),
+    "DetectionLoader": ("detseg.data.loader", "DetectionLoader"),
+    "PAD_LABEL": ("detseg.data.loader", "PAD_LABEL"),
+    "PaddedBoxEncoder": ("detseg.data.loader", "PaddedBoxEncoder"),
+    "SemanticMaskEncoder": ("detseg.data.loader", "SemanticMaskEncoder"),
+    "training_loader": ("detseg.data.loader", "training_loader"),
+}
+
 __all__ = [
-    "BOX_FORMATS",
-    "FORMATS",
-    "IGNORE_INDEX",
-    "PAD_LABEL",
-    "PAD_VALUE",
-    "SHAPES_CLASSES",
-    "SPLITS",
     "Augmenter",
+    "BOX_FORMATS",
     "ConvertReport",
     "Dataset",
     "DetectionLoader",
+    "FORMATS",
+    "IGNORE_INDEX",
     "LetterboxParams",
+    "PAD_LABEL",
+    "PAD_VALUE",
     "PaddedBoxEncoder",
+    "SHAPES_CLASSES",
+    "SPLITS",
     "Sample",
     "SemanticMaskEncoder",
     "Summary",
@@ -66,6 +81,7 @@ __all__ = [
     "read_annotations",
     "read_image",
     "read_semantic_mask",
+    "training_loader",
     "unletterbox_boxes",
     "write_coco",
     "write_shapes_video",
@@ -73,3 +89,10 @@ __all__ = [
     "write_voc",
     "write_yolo",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module, attribute = _LAZY[name]
+        return getattr(import_module(module), attribute)
+    raise AttributeError(f"module 'detseg.data' has no attribute {name!r}")

@@ -51,11 +51,21 @@ def read_xml(path: str | Path, what: str = "annotation file") -> ET.Element:
         ) from None
 
 
-def write_json(obj: Any, path: str | Path) -> Path:
-    """Write compact JSON, creating the parent folder."""
+def write_json(obj: Any, path: str | Path, *, indent: int | None = None) -> Path:
+    """Write JSON (compact, or indented for files people read), creating the parent folder.
+
+    The text goes to a temporary name that then replaces `path`, so an interrupted write
+    never leaves a truncated file in place of a good one.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, separators=(",", ":")), encoding="utf-8")
+    separators = (",", ":") if indent is None else None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
+        partial.write_text(json.dumps(obj, indent=indent, separators=separators) + "\n", encoding="utf-8")
+        os.replace(partial, path)
+    except OSError as err:
+        raise DetsegError(f"cannot write ({err.strerror})", path) from None
     return path
 
 

@@ -27,7 +27,8 @@ import cv2
 import keras
 import numpy as np
 
-from detseg.data.augment import Augmenter
+from detseg.config import Config
+from detseg.data.augment import Augmenter, build_augment
 from detseg.data.images import (
     PAD_VALUE,
     LetterboxParams,
@@ -41,7 +42,7 @@ from detseg.data.masks import read_semantic_mask
 from detseg.data.sample import IGNORE_INDEX, Dataset, Sample
 from detseg.errors import DetsegError
 
-__all__ = ["PAD_LABEL", "DetectionLoader", "PaddedBoxEncoder", "SemanticMaskEncoder"]
+__all__ = ["PAD_LABEL", "DetectionLoader", "PaddedBoxEncoder", "SemanticMaskEncoder", "training_loader"]
 
 PAD_LABEL = -1
 """Label of the padding rows of the default `{"boxes", "labels"}` targets."""
@@ -293,3 +294,23 @@ class DetectionLoader(SeededBatches):
         if self.semantic:
             return images, self.encoder(boxes, labels, masks=[r[3] for r in rows])
         return images, self.encoder(boxes, labels)
+
+
+def training_loader(
+    cfg: Config, dataset: Dataset, encoder: Encoder | None, *, batch_size: int | None = None
+) -> DetectionLoader:
+    """The training batches a config describes: its augmentation (and mosaic), seeded per-epoch
+    shuffling and workers, targets made by `encoder`. The one place that builds them, for
+    training, the benchmarks and the augmentation gallery alike."""
+    return DetectionLoader(
+        dataset,
+        cfg.model.input_size,
+        batch_size or cfg.train.batch_size,
+        augment=build_augment(cfg.train.augment),
+        encoder=encoder,
+        shuffle=True,
+        seed=cfg.train.seed,
+        workers=cfg.data.workers,
+        use_multiprocessing=cfg.data.use_multiprocessing,
+        mosaic_p=cfg.train.augment.mosaic_p,
+    )

@@ -39,15 +39,21 @@ def environment_info() -> str:
     return "\n".join(lines)
 
 
-def data_info(cfg: Config, split: str = "train", gallery: str | None = None) -> str:
-    """The summary of one split of a config's dataset (and an optional gallery PNG)."""
-    from detseg.data import build_augment, load_split
-    from detseg.viz import save_gallery
+def data_info(cfg: Config, split: str = "train", gallery: str | None = None, n: int = 8) -> str:
+    """The summary of one split of a config's dataset, and optionally a gallery PNG of `n`
+    samples as the model sees them (augmented as in training for the train split)."""
+    from detseg.data import DetectionLoader, load_split, training_loader
+    from detseg.viz import GalleryTargets, save_gallery
 
     dataset = load_split(cfg.data, split)
     text = dataset.summary_text()
     if gallery:
-        augment = build_augment(cfg.train.augment) if split == "train" else None
-        save_gallery(dataset, gallery, augment=augment, size=cfg.model.input_size, mosaic_p=cfg.train.augment.mosaic_p)
+        n = min(n, len(dataset))
+        if split == "train":  # detection augmentation: it moves boxes, not semantic masks
+            loader = training_loader(cfg, dataset, GalleryTargets(semantic=False), batch_size=n)
+        else:
+            targets = GalleryTargets(semantic=dataset.mask_values is not None)
+            loader = DetectionLoader(dataset, cfg.model.input_size, n, encoder=targets, shuffle=True, seed=cfg.train.seed)
+        save_gallery(loader, gallery)
         text += f"\ngallery: {gallery}"
     return text

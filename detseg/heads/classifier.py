@@ -9,6 +9,7 @@ norms then run in inference mode); recompile after every change of `trainable`.
 """
 
 import keras
+from keras import ops
 
 from detseg.backbones import get_backbone
 from detseg.errors import DetsegError
@@ -21,6 +22,33 @@ TOPS = ("gap", "paper")
 # GoogLeNet's auxiliary classifiers: their losses are added with weight 0.3 in training.
 AUX_LOSS_WEIGHT = 0.3
 AUX_DROPOUT = 0.7
+
+
+@keras.saving.register_keras_serializable(package="detseg")
+class ImageClassifier(keras.Model):
+    """A functional classifier that owns its loss, so plain `compile(optimizer)` + `fit()` train it.
+
+    The loss is sparse categorical cross-entropy of the probabilities `[B, C]` against integer
+    labels `[B]`, plus `AUX_LOSS_WEIGHT` times that of each auxiliary output (GoogLeNet's,
+    when the outputs are a dict), plus any layer losses (regularisers). It is built and saved
+    like any functional model (`ImageClassifier(inputs, outputs, name=...)`).
+    """
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        labels = ops.reshape(ops.cast(y, "int32"), (-1,))
+        outputs = y_pred if isinstance(y_pred, dict) else {OUTPUT_LAYER: y_pred}
+        total = 0.0
+        for name, probs in outputs.items():
+            losses = keras.losses.sparse_categorical_crossentropy(labels, ops.cast(probs, "float32"))
+            if sample_weight is not None:
+                weight = ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
+                loss = ops.sum(losses * weight) / ops.maximum(ops.sum(weight), 1e-9)
+            else:
+                loss = ops.mean(losses)
+            total = total + (1.0 if name == OUTPUT_LAYER else AUX_LOSS_WEIGHT) * loss
+        if self.losses:
+            total = total + ops.sum(self.losses)
+        return total
 
 
 def _lenet5_top(x, num_classes: int, dropout: float, width: float):
@@ -85,12 +113,12 @@ def build_classifier(
 ) -> keras.Model:
     """Backbone `name` (see `detseg.backbones.get_backbone`) + a softmax classification top.
 
-    Returns a Model from images `[B, H, W, C]` to class probabilities `[B, num_classes]`
-    (train with sparse categorical cross-entropy). `weights` goes to the backbone;
+    Returns an `ImageClassifier` from images `[B, H, W, C]` to class probabilities
+    `[B, num_classes]`; it owns its loss (sparse categorical cross-entropy). `weights` goes to the backbone;
     `dropout` is applied before the output layer (and after each hidden dense layer of a
     paper top; the papers used 0.5 for AlexNet/VGG and 0.4 for GoogLeNet). With
     `aux_classifiers=True` (GoogLeNet only) the outputs are a dict
-    `{"predictions", "aux_4a", "aux_4d"}`; weight the auxiliary losses by `AUX_LOSS_WEIGHT`.
+    `{"predictions", "aux_4a", "aux_4d"}`, whose losses count `AUX_LOSS_WEIGHT` each.
     `backbone_kwargs` (e.g. `width`) go to the backbone builder.
     """
     _validate(name, input_shape, num_classes, dropout, top, aux_classifiers)
@@ -116,7 +144,7 @@ def build_classifier(
         for key in ("4a", "4d"):
             outputs[f"aux_{key}"] = _aux_classifier(features[f"aux_{key}"], num_classes, width, key)
     # === Functional Model ===
-    return keras.Model(inputs, outputs, name=f"{name.replace(':', '_')}_classifier")
+    return ImageClassifier(inputs, outputs, name=f"{name.replace(':', '_')}_classifier")
 
 
 def _validate(name, input_shape, num_classes, dropout, top, aux_classifiers) -> None:

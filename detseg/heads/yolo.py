@@ -69,6 +69,10 @@ class YoloDetector(keras.Model):
         width: channel multiplier of the neck and head (1.0: YOLOv3's 128/256/512).
         depth: (1x1, 3x3) conv pairs per level, the head's 3x3 included: 1 is YOLOv3-tiny's
             head, 3 YOLOv3's.
+        assign_thresh: besides its best anchor, a box also trains every anchor whose shape
+            IoU with it exceeds this (0: best only); `max_boxes`: most boxes per image the
+            targets hold. Both configure `make_target_encoder()`, so a saved model says how
+            it was trained.
         ignore_thresh, box_loss, box_weight, obj_weight, cls_weight, label_smoothing: the loss
             (`yolo_loss`); box_loss is one of "yolov3", "ciou", "giou".
         score_thr, iou_thr, max_det, agnostic_nms: post-processing of `predict()`.
@@ -85,6 +89,8 @@ class YoloDetector(keras.Model):
         anchors_per_level: int = 3,
         width: float = 1.0,
         depth: int = 1,
+        assign_thresh: float = 0.0,
+        max_boxes: int = 100,
         ignore_thresh: float = 0.5,
         box_loss: str = "ciou",
         box_weight: float = 5.0,
@@ -119,6 +125,11 @@ class YoloDetector(keras.Model):
             raise DetsegError(
                 f"need num_classes >= 1, box_loss in {BOX_LOSSES}, depth >= 1 and width > 0; got "
                 f"num_classes={num_classes}, box_loss={box_loss!r}, depth={depth}, width={width}"
+            )
+        if not 0.0 <= assign_thresh <= 1.0 or max_boxes < 1:
+            raise DetsegError(
+                f"need 0 <= assign_thresh <= 1 and max_boxes >= 1; got "
+                f"assign_thresh={assign_thresh}, max_boxes={max_boxes}"
             )
         input_size = input_shape[0]
         anchors = check_anchors(anchors, len(levels), anchors_per_level)
@@ -160,6 +171,8 @@ class YoloDetector(keras.Model):
         self.anchors_per_level = int(anchors_per_level)
         self.width = float(width)
         self.depth = int(depth)
+        self.assign_thresh = float(assign_thresh)
+        self.max_boxes = int(max_boxes)
         self.ignore_thresh = float(ignore_thresh)
         self.box_loss = box_loss
         self.box_weight = float(box_weight)
@@ -229,18 +242,16 @@ class YoloDetector(keras.Model):
             total = total + ops.sum(self.losses)
         return total
 
-    def make_target_encoder(
-        self, assign_thresh: float = 0.0, max_boxes: int = 100
-    ) -> YoloTargetEncoder:
-        """The target encoder matching this model's anchors, levels, input size and classes."""
+    def make_target_encoder(self) -> YoloTargetEncoder:
+        """The target encoder of this model: its anchors, levels, input size, classes and assignment."""
         return YoloTargetEncoder(
             self.anchors,
             [self.strides[level] for level in self.levels],
             self.input_size,
             self.num_classes,
             anchors_per_level=self.anchors_per_level,
-            assign_thresh=assign_thresh,
-            max_boxes=max_boxes,
+            assign_thresh=self.assign_thresh,
+            max_boxes=self.max_boxes,
         )
 
     # === Inference ===
@@ -284,6 +295,8 @@ class YoloDetector(keras.Model):
             "anchors_per_level": self.anchors_per_level,
             "width": self.width,
             "depth": self.depth,
+            "assign_thresh": self.assign_thresh,
+            "max_boxes": self.max_boxes,
             "ignore_thresh": self.ignore_thresh,
             "box_loss": self.box_loss,
             "box_weight": self.box_weight,
@@ -347,6 +360,8 @@ def build_yolo(
         anchors_per_level=yolo.anchors_per_level,
         width=yolo.width,
         depth=yolo.depth,
+        assign_thresh=yolo.assign_thresh,
+        max_boxes=yolo.max_boxes,
         ignore_thresh=yolo.ignore_thresh,
         box_loss=yolo.box_loss,
         box_weight=yolo.box_weight,

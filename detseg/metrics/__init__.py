@@ -1,6 +1,12 @@
-"""detseg.metrics: detection (COCO / VOC) and segmentation metrics, and a Keras callback
+"""detseg.metrics: detection (COCO / VOC), classification and segmentation metrics, and a Keras callback
 that logs them during training. All metric code is NumPy, outside the graph."""
 
+from detseg.metrics.classification import (
+    TOP_K,
+    classification_metrics,
+    format_classification,
+    plot_class_confusion,
+)
 from detseg.metrics.coco_eval import CocoEvaluation, evaluate_coco
 from detseg.metrics.confusion import detection_confusion_matrix
 from detseg.metrics.detection import (
@@ -27,19 +33,23 @@ def __getattr__(name: str):
 
 __all__ = [
     "PAD_LABEL",
+    "TOP_K",
     "PROTOCOLS",
     "CocoEvaluation",
     "DetectionEvaluator",
     "EvaluateCallback",
     "SegmentationMetrics",
     "VocEvaluation",
+    "classification_metrics",
     "detection_confusion_matrix",
     "evaluate_coco",
     "evaluate_coco_files",
     "evaluate_voc",
+    "format_classification",
     "format_coco_summary",
     "format_summary",
     "format_voc_summary",
+    "plot_class_confusion",
     "plot_confusion_matrix",
     "plot_pr_curves",
     "voc_ap",

@@ -1,5 +1,6 @@
 """Classification as a task: crops, the batch loader, metrics, the transfer-learning flow of
-`train_classifier`, learning on the shapes crops, and train/evaluate/predict from the CLI."""
+`train`, learning on the shapes crops, and train/evaluate/predict (images and video) from
+the CLI."""
 
 from __future__ import annotations
 
@@ -24,14 +25,10 @@ from detseg.data.classification import (
     load_classification_split,
 )
 from detseg.data.crops import cut_crop, object_crops
-from detseg.engine.classify import (
-    classification_metrics,
-    evaluate_classifier,
-    predict_classifier,
-    train_classifier,
-    training_phases,
-)
+from detseg.engine.evaluate import evaluate_model
+from detseg.engine.train import train, training_phases
 from detseg.errors import DetsegError
+from detseg.metrics import classification_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 RED, BLUE = (255, 0, 0), (0, 0, 255)
@@ -256,14 +253,14 @@ class PhaseRecorder(keras.callbacks.Callback):
         self.end.append(self._snapshot())
 
 
-def test_freeze_then_fine_tune_through_train_classifier(tmp_path):
+def test_freeze_then_fine_tune_through_train(tmp_path):
     raw = imagefolder_config(
         tmp_path, epochs=2, freeze_backbone_epochs=1, lr=0.01, finetune_lr=0.002
     )
     raw["train"].update({"schedule": "constant", "optimizer": "adam"})
     cfg = load_config(None, raw)
     recorder = PhaseRecorder()
-    run = train_classifier(cfg, callbacks=[recorder])
+    run = train(cfg, callbacks=[recorder])
 
     assert len(recorder.begin) == 2  # two fits: frozen, then fine-tuning
     (bb0, head0), (bb1, head1), (bb2, head2) = recorder.begin[0], recorder.end[0], recorder.end[1]
@@ -293,11 +290,11 @@ def test_classifier_learns_the_shapes_crops(tmp_path):
         REPO / "configs" / "shapes_classifier.yaml",
         {"out_dir": str(tmp_path / "runs"), "data.cache_dir": str(tmp_path / "cache")},
     )
-    run = train_classifier(cfg)
+    run = train(cfg)
     saved = load_config(run / "config.yaml")
     assert saved.data.names == ["circle", "square", "triangle"]
     # last.keras: no model selection on these images either. Measured: 0.85 (val-selected best: 0.855).
-    metrics = evaluate_classifier(run / "last.keras", saved, split="test", print_fn=lambda _: None)
+    metrics = evaluate_model(run / "last.keras", split="test", print_fn=lambda _: None)
     assert metrics["num_images"] > 100
     assert metrics["accuracy"] > 0.8
     assert min(metrics["per_class"].values()) > 0.6
@@ -356,13 +353,25 @@ def test_cli_train_evaluate_predict_on_an_image_folder(tmp_path):
         assert float(score) == pytest.approx(float(expected.max()), abs=1e-3)
     assert "skipped 1 unreadable image(s): broken.png" in res.stdout
 
-
-def test_predict_classifier_rejects_a_video(tmp_path):
-    raw = imagefolder_config(tmp_path)
-    cfg = load_config(None, {**raw, "data": {**raw["data"], "names": ["bright", "dark"]}})
-    video = tmp_path / "clip.mp4"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 5, (32, 32))
-    writer.write(np.zeros((32, 32, 3), np.uint8))
+    # The same model on a video, through the same threaded runner as a detector: an annotated
+    # video and one JSON line per frame with its top-k classes.
+    clip = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 5, (64, 48))
+    for level in (40, 200, 40, 200, 40, 200):
+        writer.write(np.full((48, 64, 3), level, np.uint8))
     writer.release()
-    with pytest.raises(DetsegError, match="not a video"):
-        predict_classifier(tmp_path / "unused.keras", cfg, str(video))
+    out_video, out_jsonl = tmp_path / "annotated.mp4", tmp_path / "frames.jsonl"
+    res = run_cli("predict", str(run), "--source", str(clip), "--save", str(out_video), "--jsonl", str(out_jsonl), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    records = [json.loads(line) for line in out_jsonl.read_text().splitlines()]
+    assert [r["frame"] for r in records] == list(range(6))
+    for record in records:
+        assert record["classes"] == [names[i] for i in record["labels"]] and len(record["labels"]) == 2
+        assert record["scores"] == sorted(record["scores"], reverse=True) and sum(record["scores"]) == pytest.approx(1, abs=2e-4)
+    capture = cv2.VideoCapture(str(out_video))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 6
+    frames = [capture.read()[1] for _ in range(2)]
+    capture.release()
+    bright = frames[1]  # a frame of level 200
+    assert bright.shape == (48, 64, 3) and (bright[:, -10:] > 150).all()
+    assert (bright[-3:, :10] < 60).all()  # the top-k text box (black) in the bottom-left corner

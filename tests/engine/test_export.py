@@ -25,11 +25,14 @@ from detseg.boxes import box_iou
 from detseg.cli import main
 from detseg.config import config_from_dict, dump_config
 from detseg.data.images import PAD_VALUE
-from detseg.engine.export import detections_graph, export, per_image_detections_graph
-from detseg.engine.exported import ExportedDetector, exported_format, metadata_path
+from detseg.engine.export import export
+from detseg.engine.exported import open_exported
+from detseg.engine.runs import exported_format, metadata_path
 from detseg.errors import DetsegError
 from detseg.heads.yolo import build_yolo
 from detseg.heads.yolo_infer import Detector, host_nms
+from detseg.tasks.detect import ExportedDetector
+from detseg.tasks.detect_serving import detections_graph, per_image_detections_graph
 from tests.heads.yolo_helpers import draw_shapes
 
 SIZE = 64
@@ -147,7 +150,12 @@ def exports(run_dir):
 
 def run_artefact(path, images: np.ndarray) -> dict[str, np.ndarray]:
     """The artefact's own graph on a letterboxed batch (no detseg pre/post-processing)."""
-    return ExportedDetector(path).run(images)
+    return open_exported(path)[0](images)
+
+
+def exported_detector(path, **thresholds) -> ExportedDetector:
+    runner, metadata = open_exported(path)
+    return ExportedDetector(runner, metadata, path, **thresholds)
 
 
 # === The test model is a meaningful one ===
@@ -311,20 +319,20 @@ def test_export_rejects_a_model_that_is_not_a_detector(tmp_path):
     inputs = keras.Input((8,))
     keras.Model(inputs, keras.layers.Dense(2)(inputs)).save(tmp_path / "best.keras")
     dump_config(tiny_config(), tmp_path / "config.yaml")
-    with pytest.raises(DetsegError, match="export takes a YOLO detector, got a Functional"):
+    with pytest.raises(DetsegError, match="this is a Functional, not a YoloDetector"):
         export(tmp_path, "savedmodel")
 
 
 def test_exported_detector_rejects_thresholds_the_graph_cannot_honour(exports):
     path = exports("savedmodel")
     with pytest.raises(DetsegError, match="keeps scores above 0.3; 0.1 needs a new export"):
-        ExportedDetector(path, score_thr=0.1)
+        exported_detector(path, score_thr=0.1)
     with pytest.raises(DetsegError, match="IoU threshold is fixed at 0.3"):
-        ExportedDetector(path, iou_thr=0.5)
+        exported_detector(path, iou_thr=0.5)
     metadata_path(path).rename(metadata_path(path).with_suffix(".bak"))
     try:
         with pytest.raises(DetsegError, match="no metadata beside the exported model"):
-            ExportedDetector(path)
+            exported_detector(path)
     finally:
         metadata_path(path).with_suffix(".bak").rename(metadata_path(path))
 

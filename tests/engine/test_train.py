@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from detseg.config import load_config
-from detseg.engine.train import TimeBudgetSchedule, completed_epochs, train
+from detseg.engine.train import TimeBudgetSchedule, train
 
 
 def test_time_budget_rate_by_hand():
@@ -24,6 +24,19 @@ def test_time_budget_rate_by_hand():
     assert sched.rate(1.0) == pytest.approx(0.05)  # the end: alpha * lr
     flat = TimeBudgetSchedule(minutes=1, lr=1.0, schedule="constant", warmup=0.0)
     assert flat.rate(0.9) == 1.0
+
+
+def test_time_budget_continues_where_a_resumed_run_stopped():
+    sched = TimeBudgetSchedule(minutes=2, lr=1.0, schedule="cosine", warmup=0.0, spent_minutes=1.0)
+    sched.on_train_begin()
+    # half the budget was spent before the resume: the rate resumes mid-cosine,
+    # 0.05 + 0.95 * 0.5 * (1 + cos(pi / 2)) = 0.525
+    assert sched.rate(sched.spent_seconds / sched.seconds) == pytest.approx(0.525, abs=1e-3)
+    logs = {}
+    sched.on_epoch_end(0, logs)  # the minutes go to history.csv for the next resume
+    assert logs["train_minutes"] == pytest.approx(1.0, abs=1e-3)
+    assert not sched.exhausted
+    assert TimeBudgetSchedule(minutes=1, lr=1.0, schedule="cosine", warmup=0.0, spent_minutes=1.0).exhausted
 
 
 class SlowBatches(keras.utils.PyDataset):
@@ -95,10 +108,3 @@ def test_evaluate_reproduces_the_training_report(tiny_run):
     saved = json.loads((run_dir / "metrics.json").read_text())
     again = evaluate_model(run_dir, print_fn=lambda text: None)
     assert again["stats"] == pytest.approx(saved["stats"], abs=1e-12)
-
-
-def test_resume_continues_from_last_epoch(tiny_run):
-    cfg, run_dir = tiny_run
-    resumed = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 2, "resume": True})})
-    train(resumed)
-    assert completed_epochs(run_dir / "history.csv") == 2

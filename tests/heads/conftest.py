@@ -41,8 +41,9 @@ def overfit_run() -> OverfitRun:
         width=0.25,
         score_thr=0.01,
         iou_thr=0.5,
+        max_boxes=4,
     )
-    targets = model.make_target_encoder(max_boxes=4)(boxes, labels)
+    targets = model.make_target_encoder()(boxes, labels)
     repeat = 8  # 8 steps of the same 8 images per epoch: fewer per-epoch overheads
     x = np.concatenate([images.astype(np.float32) / 255] * repeat)
     y = {key: np.concatenate([value] * repeat) for key, value in targets.items()}

@@ -18,8 +18,8 @@ def test_one_train_step_then_predict_and_detector_agree():
     images, boxes, labels = draw_shapes(4, 64, seed=3)
     keras.utils.set_random_seed(0)
     # A low score threshold: right after initialisation scores sit near the objectness prior.
-    model = YoloDetector(tiny_backbone(64), 3, ANCHORS_64, width=0.125, score_thr=0.001)
-    targets = model.make_target_encoder(max_boxes=4)(boxes, labels)
+    model = YoloDetector(tiny_backbone(64), 3, ANCHORS_64, width=0.125, score_thr=0.001, max_boxes=4)
+    targets = model.make_target_encoder()(boxes, labels)
     x = images.astype(np.float32) / 255
 
     before = [keras.ops.convert_to_numpy(w).copy() for w in model.trainable_weights]

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 
-from detseg.config import ModelConfig, PredictConfig
+from detseg.config import DetectorModelConfig, PredictConfig
 from detseg.data.images import letterbox, unletterbox_boxes
 from detseg.errors import DetsegError
 from detseg.heads import Detector, YoloDetector, build_yolo, host_nms
@@ -62,8 +62,8 @@ def sort_detections(boxes, scores, labels):
 @pytest.mark.parametrize("assign_thresh", [0.0, 0.3])
 def test_encode_then_decode_with_perfect_logits_reproduces_the_boxes(assign_thresh):
     # With assign_thresh 0.3 a box goes to several anchors: NMS must merge the copies back to one.
-    model = small_detector(iou_thr=0.5)
-    targets = model.make_target_encoder(assign_thresh=assign_thresh)(BOXES, LABELS)
+    model = small_detector(iou_thr=0.5, assign_thresh=assign_thresh)
+    targets = model.make_target_encoder()(BOXES, LABELS)
     raw = perfect_logits(targets, model)
     graph = to_numpy(model.postprocess(raw))
     host = host_nms(*to_numpy(model.candidates(raw)), model.score_thr, model.iou_thr, model.max_det)
@@ -166,7 +166,7 @@ def test_keras_round_trip_gives_identical_detections(overfit_run, tmp_path):
 
 
 def test_build_yolo_from_a_config_on_darknet_tiny():
-    cfg = ModelConfig(
+    cfg = DetectorModelConfig(
         backbone="darknet_tiny",
         backbone_width=0.125,
         input_size=64,

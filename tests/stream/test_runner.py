@@ -1,8 +1,9 @@
 """Video/webcam inference runner: outputs, batching, live frame dropping, shutdown and errors.
 
-The model is a fake `infer` that finds a red square by thresholding, so every expected box is
-known from how the test drew the clip. Live sources are fakes whose camera is driven by the
-fake model, which makes frame counts deterministic without relying on wall-clock speed.
+The predictor is a fake that finds a red square by thresholding, so every expected box is
+known from how the test drew the clip; it draws, records and describes its results itself,
+as a task's predictor does. Live sources are fakes whose camera is driven by the fake model,
+which makes frame counts deterministic without relying on wall-clock speed.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import functools
 import http.server
 import importlib.metadata
 import json
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -19,10 +22,9 @@ import cv2
 import numpy as np
 import pytest
 
-from detseg.engine.capture import FrameBuffer
-from detseg.engine.sources import Frame
-from detseg.engine.video import _stats_ms, run_stream
 from detseg.errors import DetsegError
+from detseg.stream import Frame, FrameBuffer, run_stream
+from detseg.stream.runner import _stats_ms
 
 NAMES = ["square", "other"]
 RED = (220, 30, 30)  # RGB
@@ -30,7 +32,7 @@ GREEN = (0, 255, 0)
 SIDE = 24
 
 
-# === Helpers: a clip with a known object, a fake model, a plain drawer ===
+# === Helpers: a clip with a known object, a fake predictor ===
 
 
 def square_position(i: int) -> tuple[int, int]:
@@ -77,22 +79,32 @@ def find_red(image: np.ndarray) -> dict[str, np.ndarray]:
 
 
 class RedFinder:
-    """Fake model: records the size of each call, finds the red square in every frame."""
+    """Fake predictor: finds the red square in every frame (or runs `infer` instead), draws
+    2-px green outlines of the boxes, records boxes and class names; logs each call's size."""
 
-    def __init__(self):
+    class_names = NAMES
+
+    def __init__(self, infer=None):
+        self.infer = infer or (lambda frames: [find_red(f) for f in frames])
         self.calls: list[int] = []
 
     def __call__(self, frames: list[np.ndarray]) -> list[dict]:
         self.calls.append(len(frames))
-        return [find_red(f) for f in frames]
+        return self.infer(frames)
 
+    def draw(self, image: np.ndarray, result: dict) -> np.ndarray:
+        out = image.copy()
+        for x1, y1, x2, y2 in np.round(np.reshape(result["boxes"], (-1, 4))).astype(int):
+            cv2.rectangle(out, (x1, y1), (x2 - 1, y2 - 1), GREEN, 2)
+        return out
 
-def green_boxes(image, boxes, labels, scores=None, class_names=None, masks=None):
-    """Minimal drawer: 2-px green outlines of the boxes on a copy."""
-    out = image.copy()
-    for x1, y1, x2, y2 in np.round(boxes).astype(int):
-        cv2.rectangle(out, (x1, y1), (x2 - 1, y2 - 1), GREEN, 2)
-    return out
+    def record(self, result: dict) -> dict:
+        labels = np.asarray(result["labels"]).tolist()
+        boxes = np.round(np.asarray(result["boxes"], np.float64), 2).tolist()
+        return {"boxes": boxes, "labels": labels, "classes": [NAMES[i] for i in labels]}
+
+    def describe(self, result: dict) -> str:
+        return f"{len(result['boxes'])} found"
 
 
 def read_video(path: Path) -> tuple[list[np.ndarray], float, int]:
@@ -113,11 +125,9 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def run(source, infer, **kwargs):
-    kwargs.setdefault("class_names", NAMES)
-    kwargs.setdefault("draw", green_boxes)
+def run(source, predictor, **kwargs):
     kwargs.setdefault("verbose", False)
-    return run_stream(source, infer, **kwargs)
+    return run_stream(source, predictor, **kwargs)
 
 
 # === Video files ===
@@ -192,7 +202,7 @@ def test_real_clip_keeps_frame_count_size_fps_and_pixel_boxes(
 
     summary = run(
         clip,
-        centre_box,
+        RedFinder(centre_box),
         save=tmp_path / "out.mp4",
         jsonl=tmp_path / "det.jsonl",
         max_frames=max_frames,
@@ -242,15 +252,12 @@ def test_ctrl_c_finalises_the_video_with_the_frames_so_far(tmp_path):
     clip = write_clip(tmp_path / "clip.mp4", frames=20)
 
     def interrupted_at_sixth_call(frames):
-        interrupted_at_sixth_call.calls += 1
-        if interrupted_at_sixth_call.calls == 6:
+        if len(finder.calls) == 6:
             raise KeyboardInterrupt
         return [find_red(f) for f in frames]
 
-    interrupted_at_sixth_call.calls = 0
-    summary = run(
-        clip, interrupted_at_sixth_call, save=tmp_path / "out.mp4", jsonl=tmp_path / "det.jsonl"
-    )
+    finder = RedFinder(interrupted_at_sixth_call)
+    summary = run(clip, finder, save=tmp_path / "out.mp4", jsonl=tmp_path / "det.jsonl")
 
     assert summary.stop_reason == "interrupted"
     assert summary.frames_processed == 5
@@ -260,27 +267,28 @@ def test_ctrl_c_finalises_the_video_with_the_frames_so_far(tmp_path):
     assert [r["frame"] for r in read_jsonl(tmp_path / "det.jsonl")] == [0, 1, 2, 3, 4]
 
 
-def test_a_failing_drawer_stops_the_run_with_its_error(tmp_path):
-    def broken(image, *args, **kwargs):
-        raise ZeroDivisionError("drawer bug")
+@pytest.mark.parametrize("method", ["draw", "record"])
+def test_a_failing_drawer_or_recorder_stops_the_run_with_its_error(tmp_path, method):
+    finder = RedFinder()
 
+    def broken(*args):
+        raise ZeroDivisionError(f"{method} bug")
+
+    setattr(finder, method, broken)
     start = time.monotonic()
-    with pytest.raises(ZeroDivisionError, match="drawer bug"):
+    with pytest.raises(ZeroDivisionError, match=f"{method} bug"):
         run(
             write_clip(tmp_path / "clip.mp4", frames=20),
-            RedFinder(),
-            draw=broken,
+            finder,
             save=tmp_path / "out.mp4",
+            jsonl=tmp_path / "det.jsonl",
         )
     assert time.monotonic() - start < 10
 
 
-def test_label_without_a_class_name_is_a_user_error(tmp_path):
-    def label_seven(frames):
-        return [{"boxes": [[0, 0, 1, 1]], "scores": [1.0], "labels": [7]} for _ in frames]
-
-    with pytest.raises(DetsegError, match="label 7 has no class name"):
-        run(write_clip(tmp_path / "clip.mp4", frames=3), label_seven, jsonl=tmp_path / "det.jsonl")
+def test_a_result_count_other_than_the_frame_count_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="infer returned 0 results for 2 frames"):
+        run(write_clip(tmp_path / "clip.mp4", frames=3), RedFinder(lambda frames: []), batch=2)
 
 
 class _QuietFiles(http.server.SimpleHTTPRequestHandler):
@@ -364,20 +372,27 @@ def test_single_image_even_with_glob_characters_in_its_name(image_folder, tmp_pa
     assert summary.frames_processed == 1
 
 
-def test_default_drawer_is_detseg_viz_and_gets_the_masks(image_folder, tmp_path):
-    def red_with_mask(frames):
-        results = [find_red(f) for f in frames]
-        for frame, result in zip(frames, results, strict=True):
-            result["masks"] = find_red_mask(frame)[None]  # [1, H, W]: the square's own pixels
-        return results
+def test_images_print_one_line_each_and_videos_only_the_progress_bar(
+    image_folder, tmp_path, capsys
+):
+    run(image_folder, RedFinder(), verbose=True)
+    out = capsys.readouterr().out.splitlines()
+    assert out[:3] == ["img0.png: 1 found", "img1.png: 1 found", "img2.png: 1 found"]
+    assert out[3].startswith(f"source: {image_folder} (images)")  # then the summary
 
-    run(image_folder / "img0.png", red_with_mask, draw=None, save=tmp_path / "out")
-    annotated = cv2.cvtColor(cv2.imread(str(tmp_path / "out" / "img0.png")), cv2.COLOR_BGR2RGB)
-    x, y = square_position(0)
-    # class 0's palette colour is (230, 25, 75); the 2-px outline is centred on x2 = x + SIDE
-    assert tuple(annotated[y + SIDE // 2, x + SIDE]) == (230, 25, 75)
-    # mask tint, alpha 0.45 truncated: 220*.55+230*.45 = 224.5, 30*.55+25*.45 = 27.75, 30*.55+75*.45 = 50.25
-    assert tuple(annotated[y + SIDE // 2, x + SIDE // 2]) == (224, 27, 50)
+    run(write_clip(tmp_path / "clip.mp4", frames=3), RedFinder(), verbose=True)
+    captured = capsys.readouterr()
+    assert "found" not in captured.out and captured.out.startswith("source: ")
+    assert "3/3" in captured.err  # tqdm's progress bar
+
+
+def test_an_unreadable_image_is_skipped_and_reported(image_folder, tmp_path, capsys):
+    (image_folder / "broken.png").write_bytes(b"\x89PNG truncated")
+    summary = run(image_folder, RedFinder(), jsonl=tmp_path / "det.jsonl", verbose=True)
+    assert summary.unreadable == ["broken.png"]
+    assert [r["file"] for r in read_jsonl(tmp_path / "det.jsonl")] == ["img0.png", "img1.png", "img2.png"]
+    assert summary.frames_processed == 3
+    assert "skipped 1 unreadable image(s): broken.png" in capsys.readouterr().out
 
 
 def test_saving_into_the_input_folder_is_refused(image_folder):
@@ -421,6 +436,7 @@ class DrivenCamera:
     camera runs free, as a real one would while the runner shuts down."""
 
     name, kind, live, fps, length, skipped = "fake camera", "webcam", True, 25.0, None, 0
+    unreadable: list[str] = []
 
     def __init__(self, per_call: int, calls: int, die_after: int | None = None):
         self.per_call, self.calls, self.die_after = per_call, calls, die_after
@@ -480,7 +496,11 @@ class DrivenCamera:
 def test_live_source_keeps_only_the_newest_frame(tmp_path):
     camera = DrivenCamera(per_call=5, calls=6)
     summary = run(
-        camera, camera.infer, max_frames=6, save=tmp_path / "live.mp4", jsonl=tmp_path / "det.jsonl"
+        camera,
+        RedFinder(camera.infer),
+        max_frames=6,
+        save=tmp_path / "live.mp4",
+        jsonl=tmp_path / "det.jsonl",
     )
 
     # the camera delivers 5 frames per inference: the model sees frames 0, 5, 10, ... and
@@ -511,7 +531,7 @@ def test_live_source_refuses_batches():
 def test_a_camera_that_dies_raises_and_the_video_is_finalised(tmp_path):
     camera = DrivenCamera(per_call=1, calls=100, die_after=4)
     with pytest.raises(DetsegError, match="stopped delivering frames after 4"):
-        run(camera, camera.infer, save=tmp_path / "out.mp4")
+        run(camera, RedFinder(camera.infer), save=tmp_path / "out.mp4")
     frames, _, _ = read_video(tmp_path / "out.mp4")
     assert len(frames) == len(camera.infer_log) == 4  # one frame per inference, each written
 
@@ -520,6 +540,7 @@ class StalledCamera:
     """Delivers two frames, then blocks in read() like a stream whose network went quiet."""
 
     name, kind, live, fps, length, skipped = "stalled stream", "stream", True, None, None, 0
+    unreadable: list[str] = []
 
     def __init__(self):
         self.reads = 0
@@ -570,8 +591,8 @@ def test_window_quits_on_q_and_stays_on_one_thread(tmp_path, monkeypatch):
     """Headless here, so OpenCV's GUI calls are replaced by recorders; q on the third frame quits."""
     calls: list[tuple[str, int]] = []
     keys = iter([-1, -1, ord("q")])
-    monkeypatch.setattr("detseg.engine.sinks.show_unavailable_reason", lambda: None)
-    monkeypatch.setattr("detseg.engine.video.show_unavailable_reason", lambda: None)
+    monkeypatch.setattr("detseg.stream.sinks.show_unavailable_reason", lambda: None)
+    monkeypatch.setattr("detseg.stream.runner.show_unavailable_reason", lambda: None)
     for name in ("namedWindow", "imshow", "destroyWindow"):
         monkeypatch.setattr(
             cv2, name, lambda *args, _name=name: calls.append((_name, threading.get_ident()))
@@ -601,6 +622,15 @@ def test_window_quits_on_q_and_stays_on_one_thread(tmp_path, monkeypatch):
 
 
 # === Building blocks ===
+
+
+def test_stream_imports_no_task_engine_head_or_backbone():
+    code = (
+        "import sys, detseg.stream; print(sorted(m for m in sys.modules if m.startswith("
+        "('detseg.engine', 'detseg.tasks', 'detseg.heads', 'detseg.backbones'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_latency_stats_by_hand():

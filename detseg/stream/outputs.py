@@ -1,9 +1,10 @@
 """The output side of the runner: which sinks a run writes to, and the thread that feeds them.
 
-`OutputWorker` draws each processed frame once, adds the FPS overlay for video, hands the
-image to every image sink and the detections to the JSONL sink, and measures each frame's
-latency from capture to written. It closes every sink on its way out, so outputs are
-finalised however the run ends.
+`OutputWorker` has the task draw each processed frame once, adds the FPS overlay for video,
+hands the image to every image sink and the task's record of the result to the JSONL sink,
+optionally prints a one-line description per image, and measures each frame's latency from
+capture to written. It closes every sink on its way out, so outputs are finalised however
+the run ends.
 """
 
 from __future__ import annotations
@@ -11,14 +12,15 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from detseg.engine.sinks import (
+from detseg.errors import DetsegError
+from detseg.stream.sinks import (
     VIDEO_CODECS,
     ImageFolderSink,
     JsonlSink,
@@ -27,8 +29,7 @@ from detseg.engine.sinks import (
     WindowSink,
     draw_fps,
 )
-from detseg.engine.sources import Frame, FrameSource, ImageFiles
-from detseg.errors import DetsegError
+from detseg.stream.sources import Frame, FrameSource, ImageFiles
 
 __all__ = ["ImageSink", "OutputWorker", "open_image_sinks"]
 
@@ -84,18 +85,23 @@ class OutputWorker(threading.Thread):
         self,
         image_sinks: list[ImageSink],
         jsonl: JsonlSink | None,
-        draw: Callable[..., np.ndarray] | None,
-        class_names: Sequence[str],
+        *,
+        draw: Callable[[np.ndarray, Any], np.ndarray],
+        record: Callable[[Any], dict[str, Any]],
+        describe: Callable[[Any], str] | None,
         overlay_fps: bool,
         progress: tqdm,
         capacity: int,
     ):
+        """`draw`, `record` and `describe` are the predictor's (`describe` None: print
+        nothing per frame, else one `"<file>: <description>"` line per frame)."""
         super().__init__(name="detseg-output", daemon=False)
-        self.queue: queue.Queue[tuple[Frame, dict[str, Any]]] = queue.Queue(capacity)
+        self.queue: queue.Queue[tuple[Frame, Any]] = queue.Queue(capacity)
         self.image_sinks = image_sinks
         self.jsonl = jsonl
         self.draw = draw
-        self.class_names = list(class_names)
+        self.record = record
+        self.describe = describe
         self.overlay_fps = overlay_fps
         self.progress = progress
         self.meter = RateMeter()
@@ -108,34 +114,29 @@ class OutputWorker(threading.Thread):
         try:
             while True:
                 try:
-                    frame, detections = self.queue.get(timeout=_WAKE_S)
+                    frame, result = self.queue.get(timeout=_WAKE_S)
                 except queue.Empty:
                     if self._closing.is_set():
                         return
                     continue
-                self._emit(frame, detections)
+                self._emit(frame, result)
         except BaseException as exc:  # handed to the caller's thread, which re-raises it
             self.error = exc
         finally:
             self._close_sinks()
 
-    def _emit(self, frame: Frame, detections: dict[str, Any]) -> None:
+    def _emit(self, frame: Frame, result: Any) -> None:
         if self.image_sinks:
-            image = self.draw(
-                frame.image,
-                detections["boxes"],
-                detections["labels"],
-                scores=detections["scores"],
-                class_names=self.class_names,
-                masks=detections.get("masks"),
-            )
+            image = self.draw(frame.image, result)
             if self.overlay_fps:
                 draw_fps(image, self.meter.tick(time.monotonic()))
             for sink in self.image_sinks:
                 if sink.write(frame, image):
                     self.quit.set()
         if self.jsonl is not None:
-            self.jsonl.write(frame, detections)
+            self.jsonl.write(frame, self.record(result))
+        if self.describe is not None:
+            tqdm.write(f"{frame.file}: {self.describe(result)}")  # keeps the progress bar whole
         self.latencies.append(time.monotonic() - frame.captured)
         self.progress.update(1)
 
@@ -149,13 +150,13 @@ class OutputWorker(threading.Thread):
                 self.error = self.error or exc
         self.progress.close()
 
-    def submit(self, frame: Frame, detections: dict[str, Any]) -> None:
+    def submit(self, frame: Frame, result: Any) -> None:
         """Queue one processed frame, waiting for room; re-raises the worker's failure."""
         while True:
             if self.error is not None or not self.is_alive():
                 raise self.error or RuntimeError("the output thread ended early")
             try:
-                self.queue.put((frame, detections), timeout=_WAKE_S)
+                self.queue.put((frame, result), timeout=_WAKE_S)
                 return
             except queue.Full:
                 continue

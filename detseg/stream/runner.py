@@ -1,10 +1,13 @@
 """Low-latency inference over images, folders, globs, video files, streams and webcams.
 
-`run_stream(source, infer, class_names=...)` runs three stages at once:
+`run_stream(source, predictor)` runs any task's `Predictor` in three stages at once:
 
-    capture thread --FrameBuffer--> caller's thread: infer --queue--> output thread
-    (decode, RGB)                   (the compiled model,               (draw, FPS overlay,
-                                     `batch` frames per call)           video/images/window/JSONL)
+    capture thread --FrameBuffer--> caller's thread: predictor --queue--> output thread
+    (decode, RGB)                   (the compiled model,                  (the task's drawing,
+                                     `batch` frames per call)              FPS overlay, outputs)
+
+The runner knows no task: what a result is, how it is drawn, written to JSONL and described
+in one line is the predictor's business.
 
 File sources go through a bounded buffer (every frame, in order, with back-pressure); live
 sources through a one-slot buffer holding the newest frame (stale frames are dropped and
@@ -20,25 +23,38 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from tqdm import tqdm
 
-from detseg.engine.capture import FrameBuffer, FrameReader
-from detseg.engine.outputs import OutputWorker, open_image_sinks
-from detseg.engine.sinks import JsonlSink, show_unavailable_reason
-from detseg.engine.sources import Frame, FrameSource, open_source
 from detseg.errors import DetsegError
+from detseg.stream.capture import FrameBuffer, FrameReader
+from detseg.stream.outputs import OutputWorker, open_image_sinks
+from detseg.stream.sinks import JsonlSink, show_unavailable_reason
+from detseg.stream.sources import Frame, FrameSource, open_source
 
-__all__ = ["DrawFn", "InferFn", "StreamSummary", "run_stream"]
+__all__ = ["Predictor", "StreamSummary", "run_on_source", "run_stream"]
 
-InferFn = Callable[[list[np.ndarray]], list[dict[str, Any]]]
-"""Detector contract: RGB uint8 frames -> per frame {"boxes" [N, 4] xyxy original pixels,
-"scores" [N], "labels" [N], optional "masks"}."""
 
-DrawFn = Callable[..., np.ndarray]
-"""`draw(image_rgb, boxes, labels, scores=, class_names=, masks=) -> annotated RGB image`."""
+class Predictor(Protocol):
+    """What the runner needs from a task: a model over frames, and how its results are shown.
+
+    `__call__` takes RGB uint8 frames (any size) and returns one result per frame; `draw`
+    returns an annotated RGB copy of a frame; `record` gives the JSON-ready fields of the
+    frame's JSONL line; `describe` a short line such as "3 RBC, 1 WBC" or "cat 0.91".
+    """
+
+    class_names: Sequence[str]
+
+    def __call__(self, images: list[np.ndarray]) -> list[Any]: ...
+
+    def draw(self, image: np.ndarray, result: Any) -> np.ndarray: ...
+
+    def record(self, result: Any) -> dict[str, Any]: ...
+
+    def describe(self, result: Any) -> str: ...
+
 
 _READER_JOIN_S = 1.0  # a live reader blocked in a device read is abandoned (daemon) after this
 _OUTPUT_CLOSE_TIMEOUT_S = 60.0  # the output thread's time to write what is queued and finalise
@@ -75,6 +91,7 @@ class StreamSummary:
     frames_processed: int
     frames_dropped: int
     files_skipped: int
+    unreadable: list[str]
     stop_reason: str
     wall_s: float
     fps: float
@@ -101,6 +118,9 @@ class StreamSummary:
             f"model ms per frame: {ms(self.infer_ms)}",
             f"{self.fps:.1f} fps end to end over {self.wall_s:.2f} s; stopped: {self.stop_reason}",
         ]
+        if self.unreadable:
+            shown = ", ".join(self.unreadable[:3]) + (" ..." if len(self.unreadable) > 3 else "")
+            lines.append(f"skipped {len(self.unreadable)} unreadable image(s): {shown}")
         lines += [f"{what}: {where}" for what, where in self.outputs.items()]
         return "\n".join(lines)
 
@@ -108,41 +128,19 @@ class StreamSummary:
 # === Inputs and outputs ===
 
 
-def _check_options(batch: int, max_frames: int | None, class_names: Sequence[str]) -> None:
+def _check_options(batch: int, max_frames: int | None) -> None:
     if not isinstance(batch, int) or batch < 1:
         raise DetsegError(f"batch must be an integer >= 1, got {batch!r}")
     if max_frames is not None and (not isinstance(max_frames, int) or max_frames < 1):
         raise DetsegError(f"max_frames must be an integer >= 1, got {max_frames!r}")
-    if isinstance(class_names, str) or not all(isinstance(n, str) for n in class_names):
-        raise DetsegError(f"class_names must be a list of strings, got {class_names!r}")
 
 
-def _as_detections(results: Any, frames: list[Frame]) -> list[dict[str, Any]]:
-    """`infer`'s output checked against the contract, as arrays: one dict per frame with
-    boxes [N, 4] float32, scores [N] float32, labels [N] int32 (and masks when given)."""
+def _one_per_frame(results: Any, frames: list[Frame]) -> list[Any]:
+    """The predictor's results, checked to be a list with one result per frame."""
     if not isinstance(results, (list, tuple)) or len(results) != len(frames):
         got = len(results) if isinstance(results, (list, tuple)) else type(results).__name__
         raise ValueError(f"infer returned {got} results for {len(frames)} frames")
-    checked = []
-    for frame, result in zip(frames, results, strict=True):
-        try:
-            boxes = np.asarray(result["boxes"], np.float32).reshape(-1, 4)
-            scores = np.asarray(result["scores"], np.float32).reshape(-1)
-            labels = np.asarray(result["labels"], np.int32).reshape(-1)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(
-                f"infer result for frame {frame.index} is not boxes/scores/labels: {exc}"
-            ) from exc
-        if not len(boxes) == len(scores) == len(labels):
-            raise ValueError(
-                f"infer result for frame {frame.index}: "
-                f"{len(boxes)} boxes, {len(scores)} scores, {len(labels)} labels"
-            )
-        detections = {"boxes": boxes, "scores": scores, "labels": labels}
-        if result.get("masks") is not None:
-            detections["masks"] = result["masks"]
-        checked.append(detections)
-    return checked
+    return list(results)
 
 
 def _expected_frames(source: FrameSource, max_frames: int | None) -> int | None:
@@ -184,7 +182,7 @@ def _infer_loop(
     state: _Loop,
     buffer: FrameBuffer,
     worker: OutputWorker,
-    infer: InferFn,
+    predictor: Predictor,
     source: FrameSource,
     batch: int,
     max_frames: int | None,
@@ -206,18 +204,16 @@ def _infer_loop(
             return
         state.taken += len(frames)
         tick = time.perf_counter()
-        results = infer([frame.image for frame in frames])
+        results = predictor([frame.image for frame in frames])
         state.infer_s += [(time.perf_counter() - tick) / len(frames)] * len(frames)
-        for frame, detections in zip(frames, _as_detections(results, frames), strict=True):
-            worker.submit(frame, detections)
+        for frame, result in zip(frames, _one_per_frame(results, frames), strict=True):
+            worker.submit(frame, result)
 
 
 def run_stream(
     source: str | int | Path | FrameSource,
-    infer: InferFn,
+    predictor: Predictor,
     *,
-    class_names: Sequence[str],
-    draw: DrawFn | None = None,
     save: str | Path | None = None,
     show: bool = False,
     jsonl: str | Path | None = None,
@@ -227,23 +223,22 @@ def run_stream(
     open_timeout: float = 10.0,
     read_timeout: float = 10.0,
 ) -> StreamSummary:
-    """Run `infer` over every frame of `source` (files) or the newest frames (live sources).
+    """Run `predictor` over every frame of `source` (files) or the newest frames (live sources).
 
     `source` is an image, folder, glob, video file, URL, webcam index ("0") or an opened
-    `FrameSource`. `infer` takes a list of RGB uint8 frames and returns one detection dict per
-    frame with boxes in original-frame pixels (the `Detector` contract); it runs on the
-    caller's thread. `draw` annotates frames for `save`/`show` (default:
-    `detseg.viz.draw_detections`). `save` is a .mp4/.avi file for videos, streams and webcams
-    (the source's fps and size, an FPS overlay; a live source's video holds the processed
-    frames only) or a folder for images (same names); `show` opens a window (q or Esc stops);
-    `jsonl` writes one line per processed frame. `batch` frames go to each `infer` call
-    (files only); `max_frames` stops after that many processed frames. `verbose` shows a
-    progress bar for files and prints the summary. Raises DetsegError for bad input, a device
+    `FrameSource`. `predictor` (any task's `Predictor`) runs on the caller's thread and draws
+    the frames for `save`/`show` on the output thread. `save` is a .mp4/.avi file for videos,
+    streams and webcams (the source's fps and size, an FPS overlay; a live source's video
+    holds the processed frames only) or a folder for images (same names); `show` opens a
+    window (q or Esc stops); `jsonl` writes one line per processed frame (`JsonlSink`).
+    `batch` frames go to each predictor call (files only); `max_frames` stops after that many
+    processed frames. `verbose` shows a progress bar for files, prints one line per image
+    ("<file>: <description>") and the summary. Raises DetsegError for bad input, a device
     that cannot be opened within `open_timeout` s, or a source that gives no frame for
     `read_timeout` s; Ctrl-C ends the run normally (stop_reason "interrupted") with every
     output finalised.
     """
-    _check_options(batch, max_frames, class_names)
+    _check_options(batch, max_frames)
     if show and (reason := show_unavailable_reason()):
         raise DetsegError(reason)
     if isinstance(source, (str, int, Path)):
@@ -254,21 +249,24 @@ def run_stream(
                 f"batch {batch} applies to files; a {source.kind} runs the newest frame each time"
             )
         image_sinks = open_image_sinks(source, save, show)
-        jsonl_sink = JsonlSink(jsonl, class_names) if jsonl is not None else None
+        jsonl_sink = JsonlSink(jsonl) if jsonl is not None else None
     except BaseException:
         source.close()
         raise
-    if image_sinks and draw is None:
-        from detseg.viz import draw_detections as draw
-
     total = _expected_frames(source, max_frames)
     progress = tqdm(total=total, unit="frame", disable=not verbose or source.live, file=sys.stderr)
     capacity = max(4, 2 * batch)
     buffer = FrameBuffer(1 if source.live else capacity, keep_latest=source.live)
     reader = FrameReader(source, buffer, None if source.live else max_frames)
-    overlay_fps = source.kind != "images"
     worker = OutputWorker(
-        image_sinks, jsonl_sink, draw, class_names, overlay_fps, progress, capacity
+        image_sinks,
+        jsonl_sink,
+        draw=predictor.draw,
+        record=predictor.record,
+        describe=predictor.describe if verbose and source.kind == "images" else None,
+        overlay_fps=source.kind != "images",
+        progress=progress,
+        capacity=capacity,
     )
 
     start = time.monotonic()
@@ -277,7 +275,7 @@ def run_stream(
     state = _Loop()
     error: BaseException | None = None
     try:
-        _infer_loop(state, buffer, worker, infer, source, batch, max_frames, read_timeout)
+        _infer_loop(state, buffer, worker, predictor, source, batch, max_frames, read_timeout)
     except KeyboardInterrupt:
         state.stop_reason = "interrupted"
     except BaseException as exc:
@@ -298,6 +296,7 @@ def run_stream(
         frames_processed=worker.written,
         frames_dropped=buffer.dropped + state.taken - worker.written,
         files_skipped=source.skipped,
+        unreadable=list(source.unreadable),
         stop_reason=state.stop_reason,
         wall_s=wall,
         fps=worker.written / wall if wall > 0 else 0.0,
@@ -312,8 +311,8 @@ def run_stream(
     return summary
 
 
-def run_detector_on_source(
-    build: Callable[[], tuple[InferFn, Sequence[str]]],
+def run_on_source(
+    build: Callable[[], Predictor],
     source: str | int | Path,
     *,
     save: str | Path | None = None,
@@ -322,17 +321,17 @@ def run_detector_on_source(
     batch: int = 1,
     max_frames: int | None = None,
 ) -> StreamSummary:
-    """Check `show`, open `source`, then `build()` the (slow to load) detector and its class
-    names, and run the stream; a camera that cannot open fails before any model loads, and
-    the source is closed if building fails."""
+    """Check `show`, open `source`, then `build()` the (slow to load) predictor and run the
+    stream; a camera that cannot open fails before any model loads, and the source is closed
+    if building fails."""
     if show and (reason := show_unavailable_reason()):
         raise DetsegError(reason)
     opened = open_source(source)
     try:
-        infer, class_names = build()
+        predictor = build()
     except BaseException:
         opened.close()
         raise
     return run_stream(
-        opened, infer, class_names=class_names, save=save, show=show, jsonl=jsonl, batch=batch, max_frames=max_frames
+        opened, predictor, save=save, show=show, jsonl=jsonl, batch=batch, max_frames=max_frames
     )

@@ -12,7 +12,7 @@ import collections
 import threading
 import time
 
-from detseg.engine.sources import Frame, FrameSource
+from detseg.stream.sources import Frame, FrameSource
 
 __all__ = ["FrameBuffer", "FrameReader"]
 

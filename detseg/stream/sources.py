@@ -25,7 +25,7 @@ from detseg.data.images import IMAGE_EXTENSIONS, read_image
 from detseg.errors import DetsegError
 from detseg.quiet import native_stderr_silenced
 
-__all__ = ["Frame", "FrameSource", "open_source"]
+__all__ = ["Frame", "FrameSource", "ImageFiles", "open_source"]
 
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
 _GLOB_CHARS = frozenset("*?[")
@@ -55,7 +55,8 @@ class FrameSource(Protocol):
 
     `kind` is "images", "video", "stream" or "webcam"; `live` sources drop stale frames;
     `fps` is the nominal rate (None when unknown); `length` the expected number of frames
-    (None when unknown); `skipped` counts folder/glob entries that are not images.
+    (None when unknown); `skipped` counts folder/glob entries that are not images, and
+    `unreadable` names the image files that did not decode (skipped too).
     """
 
     name: str
@@ -64,6 +65,7 @@ class FrameSource(Protocol):
     fps: float | None
     length: int | None
     skipped: int
+    unreadable: list[str]
 
     def read(self) -> Frame | None:
         """The next frame, or None at the end of a file source; DetsegError on failure."""
@@ -78,7 +80,11 @@ class FrameSource(Protocol):
 
 
 class ImageFiles:
-    """Images read one by one in a fixed order; `names` are relative to their common folder."""
+    """Images read one by one in a fixed order; `names` are relative to their common folder.
+
+    A file that does not decode (truncated, not an image) is skipped, and its name kept in
+    `unreadable`, so one bad file in a folder does not end the run and is still reported.
+    """
 
     kind = "images"
     live = False
@@ -91,15 +97,20 @@ class ImageFiles:
         self.skipped = skipped
         root = Path(os.path.commonpath([p.parent for p in paths])) if paths else Path()
         self.names = [p.relative_to(root).as_posix() for p in paths]
+        self.unreadable: list[str] = []
         self._next = 0
 
     def read(self) -> Frame | None:
-        if self._next >= len(self.paths):
-            return None
-        index = self._next
-        image = read_image(self.paths[index])
-        self._next += 1
-        return Frame(index, image, None, self.names[index], time.monotonic())
+        while self._next < len(self.paths):
+            index = self._next
+            self._next += 1
+            try:
+                image = read_image(self.paths[index])
+            except DetsegError:
+                self.unreadable.append(self.names[index])
+                continue
+            return Frame(index, image, None, self.names[index], time.monotonic())
+        return None
 
     def close(self) -> None:
         """Nothing to release: each image is read and closed in `read`."""
@@ -135,6 +146,7 @@ class CaptureSource:
         self.kind = kind
         self.live = live
         self.skipped = 0
+        self.unreadable: list[str] = []
         fps = capture.get(cv2.CAP_PROP_FPS)
         self.fps = float(fps) if 0 < fps < _MAX_SANE_FPS else None
         count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))

@@ -1,9 +1,9 @@
-"""Where annotated frames and detections go: a video file, an image folder, a window, a JSONL file.
+"""Where annotated frames and results go: a video file, an image folder, a window, a JSONL file.
 
 Every sink has `write(frame, ...)`, `close()`, a `label` (its kind of output) and a `target`
-(where it writes); `close()` finalises the file (a video is
-playable after it even when the run was interrupted). Image sinks take the annotated RGB
-image; the JSONL sink takes the detections, with boxes in original-frame pixels.
+(where it writes); `close()` finalises the file (a video is playable after it even when the
+run was interrupted). Image sinks take the annotated RGB image; the JSONL sink takes the
+JSON-ready fields the task recorded for the frame's result.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from detseg.engine.sources import Frame
 from detseg.errors import DetsegError
+from detseg.stream.sources import Frame
 
 __all__ = [
     "VIDEO_CODECS",
@@ -29,8 +29,8 @@ __all__ = [
     "RateMeter",
     "VideoFileSink",
     "WindowSink",
-    "detection_record",
     "draw_fps",
+    "draw_text_block",
     "show_unavailable_reason",
 ]
 
@@ -162,63 +162,40 @@ class WindowSink:
             cv2.destroyWindow(self.title)
 
 
-# === Detections as JSON lines ===
-
-
-def detection_record(
-    frame: Frame, detections: dict[str, Any], class_names: Sequence[str]
-) -> dict[str, Any]:
-    """One frame's detections as a JSON-ready dict.
-
-    Boxes are `[x1, y1, x2, y2]` in original-frame pixels rounded to 0.01 px, scores to 1e-4;
-    `time` is the frame's media time in seconds (null for images); `file` is set for images.
-    """
-    boxes = np.asarray(detections["boxes"], np.float64).reshape(-1, 4)
-    scores = np.asarray(detections["scores"], np.float64).reshape(-1)
-    labels = np.asarray(detections["labels"], np.int64).reshape(-1)
-    bad = labels[(labels < 0) | (labels >= len(class_names))]
-    if bad.size:
-        raise DetsegError(
-            f"frame {frame.index}: label {int(bad[0])} has no class name ({len(class_names)} names)"
-        )
-    record: dict[str, Any] = {"frame": frame.index}
-    record["time"] = None if frame.time is None else round(frame.time, 6)
-    if frame.file is not None:
-        record["file"] = frame.file
-    record["width"], record["height"] = frame.image.shape[1], frame.image.shape[0]
-    record["boxes"] = np.round(boxes, 2).tolist()
-    record["scores"] = np.round(scores, 4).tolist()
-    record["labels"] = labels.tolist()
-    record["classes"] = [class_names[i] for i in labels]
-    return record
+# === Results as JSON lines ===
 
 
 class JsonlSink:
-    """One JSON object per processed frame (see `detection_record`), in processing order."""
+    """One JSON object per processed frame, in processing order: the frame's `frame` index,
+    `time` (media seconds, null for images), `file` (images only), `width` and `height`,
+    then the fields the predictor recorded for its result (`Predictor.record`)."""
 
     label = "jsonl"
 
-    def __init__(self, path: str | Path, class_names: Sequence[str]):
+    def __init__(self, path: str | Path):
         self.path = Path(path)
         self.target = str(self.path)
-        self.class_names = list(class_names)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = self.path.open("w", encoding="utf-8")
         except OSError as exc:
-            raise DetsegError(f"cannot write detections: {exc.strerror}", self.path) from exc
+            raise DetsegError(f"cannot write results: {exc.strerror}", self.path) from exc
         self.written = 0
 
-    def write(self, frame: Frame, detections: dict[str, Any]) -> None:
-        record = detection_record(frame, detections, self.class_names)
-        self._file.write(json.dumps(record) + "\n")
+    def write(self, frame: Frame, fields: dict[str, Any]) -> None:
+        record: dict[str, Any] = {"frame": frame.index}
+        record["time"] = None if frame.time is None else round(frame.time, 6)
+        if frame.file is not None:
+            record["file"] = frame.file
+        record["width"], record["height"] = frame.image.shape[1], frame.image.shape[0]
+        self._file.write(json.dumps({**record, **fields}) + "\n")
         self.written += 1
 
     def close(self) -> None:
         self._file.close()
 
 
-# === FPS overlay ===
+# === Text overlays ===
 
 
 class RateMeter:
@@ -234,22 +211,32 @@ class RateMeter:
         return (len(self._ticks) - 1) / span if span > 0 else 0.0
 
 
-def draw_fps(image: np.ndarray, fps: float) -> np.ndarray:
-    """Write "<fps> FPS" in white on a black box in the top-left corner, in place."""
-    text = f"{fps:.1f} FPS"
+def draw_text_block(image: np.ndarray, lines: Sequence[str], *, bottom: bool = False) -> np.ndarray:
+    """Write `lines` in white on one black box in the top-left corner (the bottom-left one with
+    `bottom`, clear of the FPS overlay), in place: readable on any background; the text
+    scales with the image height."""
     scale = max(0.4, image.shape[0] / 720.0 * 0.8)
     thickness = max(1, round(scale * 2))
-    (width, height), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
     pad = max(2, round(4 * scale))
-    cv2.rectangle(image, (0, 0), (width + 2 * pad, height + baseline + 2 * pad), (0, 0, 0), -1)
-    cv2.putText(
-        image,
-        text,
-        (pad, pad + height),
-        cv2.FONT_HERSHEY_SIMPLEX,
-        scale,
-        (255, 255, 255),
-        thickness,
-        cv2.LINE_AA,
-    )
+    sizes = [cv2.getTextSize(line, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness) for line in lines]
+    step = max(height + baseline for (_, height), baseline in sizes) + pad
+    width = max(width for (width, _), _ in sizes)
+    top = max(0, image.shape[0] - (len(lines) * step + pad)) if bottom else 0
+    cv2.rectangle(image, (0, top), (width + 2 * pad, top + len(lines) * step + pad), (0, 0, 0), -1)
+    for i, (line, ((_, height), _)) in enumerate(zip(lines, sizes, strict=True)):
+        cv2.putText(
+            image,
+            line,
+            (pad, top + pad + i * step + height),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            scale,
+            (255, 255, 255),
+            thickness,
+            cv2.LINE_AA,
+        )
     return image
+
+
+def draw_fps(image: np.ndarray, fps: float) -> np.ndarray:
+    """Write "<fps> FPS" in white on a black box in the top-left corner, in place."""
+    return draw_text_block(image, [f"{fps:.1f} FPS"])

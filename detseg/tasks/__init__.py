@@ -1,0 +1,22 @@
+"""Tasks: one per model kind, the hooks through which the engine trains, evaluates, predicts
+and exports it (see `detseg.tasks.base.Task`).
+
+`TASKS` is the only kind -> task table, as `BACKBONES` is for backbones; `task_for(cfg)`
+picks the task of a config's `model.kind`.
+"""
+
+from __future__ import annotations
+
+from detseg.config import Config
+from detseg.tasks.base import Report, Task, saved_class_names
+from detseg.tasks.classify import ClassifyTask
+from detseg.tasks.detect import DetectTask
+
+__all__ = ["TASKS", "Report", "Task", "saved_class_names", "task_for"]
+
+TASKS: dict[str, Task] = {"yolov3": DetectTask(), "classifier": ClassifyTask()}
+
+
+def task_for(cfg: Config) -> Task:
+    """The task of `cfg.model.kind` (config validation guarantees it exists)."""
+    return TASKS[cfg.model.kind]

@@ -1,0 +1,150 @@
+"""The Task: everything that differs between model kinds, as small hooks the engine calls.
+
+The engine (`detseg.engine`) trains, evaluates, predicts and exports any model kind by
+asking its Task: load the data, prepare the config (fit anchors, record class names), build
+the model, make the training loader, compile it, score the validation split, write the
+evaluation report, wrap the model for images and video, and build the serving graph of an
+export. The Keras model keeps its own loss (`compute_loss`) and decoding (`predict_step`).
+A hook with a default here is one most tasks share; a new task overrides what differs.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from detseg.config import Config
+from detseg.errors import DetsegError
+
+if TYPE_CHECKING:
+    import keras
+    import numpy as np
+
+    from detseg.stream import Predictor
+
+__all__ = ["Report", "Task", "saved_class_names"]
+
+
+@dataclass(frozen=True)
+class Report:
+    """An evaluation: the numbers (`metrics`, JSON-ready), the printed text and the files written."""
+
+    metrics: dict[str, Any]
+    text: str
+    files: tuple[Path, ...] = ()
+
+
+def saved_class_names(cfg: Config, num_classes: int) -> list[str]:
+    """Class names saved with a run (`data.names`), checked against the model's outputs."""
+    names = list(cfg.data.names or [])
+    if len(names) != num_classes:
+        raise DetsegError(f"the config names {len(names)} classes but the model predicts {num_classes}")
+    return names
+
+
+class Task(ABC):
+    """Hooks of one model kind (`model.kind`); see the module docstring.
+
+    `monitor` is the validation metric that chooses `best.keras` (higher is better), and
+    `model_class` the Keras class its `.keras` files hold (a model of another task is refused).
+    """
+
+    kind: ClassVar[str]
+    monitor: ClassVar[str]
+    model_class: ClassVar[type]
+
+    # === Data ===
+
+    @abstractmethod
+    def load_data(self, cfg: Config, split: str) -> Any:
+        """The labelled data of `split` (a Dataset, crops, ...), as this task's loaders take it."""
+
+    def class_names(self, data: Any) -> list[str]:
+        """Class names of loaded data, in label order."""
+        return list(data.class_names)
+
+    def describe_data(self, data: Any, split: str) -> str:
+        """A short summary of loaded data for the training log."""
+        return f"{split} split:\n{data.summary_text()}"
+
+    def check_val_data(self, cfg: Config, data: Any) -> None:
+        """Fail early when the validation data cannot be scored against the training classes."""
+        if self.class_names(data) != list(cfg.data.names or []):
+            raise DetsegError(
+                f"the val split's classes {self.class_names(data)} differ from the training "
+                f"classes {cfg.data.names}"
+            )
+
+    # === Model and training ===
+
+    def prepare(self, cfg: Config, train_data: Any) -> Config:
+        """The config to save with the run: here the class names; tasks add what they fit."""
+        names = self.class_names(train_data)
+        return cfg.model_copy(update={"data": cfg.data.model_copy(update={"names": names})})
+
+    @abstractmethod
+    def build_model(self, cfg: Config, num_classes: int) -> keras.Model:
+        """A new model for `cfg.model` with `num_classes` outputs."""
+
+    @abstractmethod
+    def train_loader(self, cfg: Config, model: keras.Model, train_data: Any) -> keras.utils.PyDataset:
+        """The shuffled, augmented training batches (targets encoded for `model`)."""
+
+    def compile(self, model: keras.Model, optimizer: keras.optimizers.Optimizer) -> None:
+        """Compile for training; the loss is the model's own `compute_loss`."""
+        model.compile(optimizer=optimizer)
+
+    def backbone(self, model: keras.Model) -> keras.Model:
+        """The pretrained-able trunk that `train.freeze_backbone_epochs` freezes."""
+        return model.backbone
+
+    @abstractmethod
+    def validate(self, cfg: Config, model: keras.Model, val_data: Any) -> dict[str, float]:
+        """Validation numbers for the epoch logs, `monitor` among them."""
+
+    def after_training(self, cfg: Config, best: keras.Model, run_dir: Path) -> None:
+        """Anything written once the best model is known (nothing by default)."""
+        return None
+
+    # === Evaluation, prediction, export ===
+
+    @abstractmethod
+    def evaluate(self, cfg: Config, model: keras.Model, data: Any, out_dir: Path) -> Report:
+        """Score `model` on `data`, write the report files into `out_dir`."""
+
+    @abstractmethod
+    def predictor(
+        self, cfg: Config, model: keras.Model, *, score_thr: float | None, iou_thr: float | None, batch: int
+    ) -> Predictor:
+        """The model behind the stream runner's `Predictor` contract (infer, draw, record)."""
+
+    @abstractmethod
+    def serving_model(self, cfg: Config, model: keras.Model, fmt: str) -> tuple[keras.Model, dict[str, Any]]:
+        """The export graph (uint8 letterboxed images [B, S, S, C] in, final outputs out) for
+        format `fmt`, and what a runtime needs around it (output names, class names, ...)."""
+
+    @abstractmethod
+    def exported_predictor(
+        self,
+        runner: Callable[[np.ndarray], dict[str, np.ndarray]],
+        metadata: dict[str, Any],
+        path: Path,
+        *,
+        score_thr: float | None,
+        iou_thr: float | None,
+        batch: int,
+    ) -> Predictor:
+        """An exported artefact (its `runner`: uint8 letterboxed batch -> outputs by name, and
+        the metadata written beside it) behind the stream runner's `Predictor` contract."""
+
+    def check_model(self, model: keras.Model, source: str | Path) -> None:
+        """Refuse a loaded model that this task cannot run (a `.keras` file of another task)."""
+        if not isinstance(model, self.model_class):
+            raise DetsegError(
+                f"this is a {type(model).__name__}, not a {self.model_class.__name__} "
+                f"(model.kind {self.kind!r} in its config)",
+                source,
+            )
