@@ -36,6 +36,8 @@ __all__ = [
     "ClassifierModelConfig",
     "DetectorModelConfig",
     "ModelConfig",
+    "SegmenterModelConfig",
+    "UNetConfig",
     "PredictConfig",
     "ShapesConfig",
     "SplitConfig",
@@ -226,7 +228,7 @@ class DetectorModelConfig(_ModelSection):
     kind: Literal["yolov3"] = Field("yolov3", description="Task head to build: the YOLOv3-style detector.")
     yolo: YoloConfig = Field(default_factory=YoloConfig, description="YOLO head options.")
 
-    unused: ClassVar[tuple[str, ...]] = ("data.crops", "data.crop_padding")
+    unused: ClassVar[tuple[str, ...]] = ("data.crops", "data.crop_padding", "predict.tile", "predict.tile_overlap")
 
 
 class ClassifierModelConfig(_ModelSection):
@@ -256,12 +258,85 @@ class ClassifierModelConfig(_ModelSection):
         "predict.iou_thr",
         "predict.max_det",
         "predict.agnostic_nms",
+        "predict.tile",
+        "predict.tile_overlap",
     )
+
+
+class UNetConfig(_Section):
+    """Options of the U-Net decoder and its loss."""
+
+    depth: int = Field(
+        4,
+        ge=1,
+        le=6,
+        description=(
+            "Poolings of the original U-Net encoder (backbone: unet; 4 in the paper, 64 * "
+            "model.backbone_width base filters)."
+        ),
+    )
+    decoder_filters: list[int] | None = Field(
+        None,
+        description=(
+            "Widths of the decoder stages, coarsest first, one per stride halving; null: the "
+            "encoder's channels at each stride."
+        ),
+    )
+    upsampling: Literal["transpose", "bilinear"] = Field(
+        "transpose", description="Decoder upsampling: 2x2 stride-2 Conv2DTranspose (the paper's up-conv) or bilinear + 1x1 conv."
+    )
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout after each decoder stage.")
+    loss: Literal["ce", "dice", "ce+dice"] = Field(
+        "ce+dice", description="Pixel cross-entropy, soft Dice over the classes present, or their sum."
+    )
+    class_weights: list[float] | None = Field(
+        None, description="Cross-entropy weight of each class (in data.names order); null: all 1."
+    )
+
+
+class SegmenterModelConfig(_ModelSection):
+    """A U-Net semantic segmenter (`kind: unet`) on the original encoder or any backbone."""
+
+    kind: Literal["unet"] = Field("unet", description="Task head to build: the U-Net segmenter.")
+    backbone: str = Field(
+        "unet",
+        description=(
+            "Encoder: 'unet' (the paper's double-conv + max-pool path), a detseg.backbones name, "
+            "or 'applications:<name>'."
+        ),
+    )
+    unet: UNetConfig = Field(default_factory=UNetConfig, description="U-Net decoder and loss options.")
+
+    @model_validator(mode="after")
+    def _depth_is_for_the_unet_encoder(self) -> SegmenterModelConfig:
+        if self.backbone != "unet" and self.unet.depth != UNetConfig.model_fields["depth"].default:
+            raise ValueError(
+                f"model.unet.depth applies to backbone 'unet' only; {self.backbone!r} has its own depth"
+            )
+        return self
+
+    # A segmenter scores pixels: no boxes to keep visible, no detection thresholds or NMS.
+    unused: ClassVar[tuple[str, ...]] = (
+        "data.crops",
+        "data.crop_padding",
+        "train.augment.min_visibility",
+        "train.augment.min_area",
+        "eval.score_thr",
+        "eval.iou_thr",
+        "eval.max_det",
+        "eval.voc_iou_thr",
+        "predict.score_thr",
+        "predict.iou_thr",
+        "predict.max_det",
+        "predict.agnostic_nms",
+    )
+
 
 
 MODEL_KINDS: dict[str, type[_ModelSection]] = {
     "yolov3": DetectorModelConfig,
     "classifier": ClassifierModelConfig,
+    "unet": SegmenterModelConfig,
 }
 """model.kind -> its config section; a new head adds its section here (and its Task in detseg.tasks)."""
 
@@ -378,6 +453,16 @@ class PredictConfig(_Section):
     iou_thr: float = Field(0.45, gt=0, le=1, description="NMS IoU threshold.")
     max_det: int = Field(100, ge=1, description="Detections kept per image.")
     agnostic_nms: bool = Field(False, description="One NMS over all classes instead of one per class.")
+    tile: bool = Field(
+        False,
+        description=(
+            "Segmenters: predict an image larger than the model input by overlapping tiles at full "
+            "resolution instead of one letterboxed (shrunk) pass."
+        ),
+    )
+    tile_overlap: float = Field(
+        0.25, ge=0, lt=1, description="Overlap of neighbouring tiles, as a fraction of the tile side (predict.tile)."
+    )
 
 
 class Config(_Section):

@@ -18,7 +18,7 @@ from detseg.data.sample import IGNORE_INDEX
 from detseg.errors import DetsegError
 from detseg.feature_maps import feature_maps  # the chapter's filter demo, re-exported here
 
-__all__ = ["class_color", "draw_detections", "draw_semantic", "feature_maps", "save_gallery", "tile_images", "GalleryTargets"]
+__all__ = ["class_color", "draw_detections", "draw_legend", "draw_semantic", "feature_maps", "save_gallery", "tile_images", "GalleryTargets"]
 
 # Twenty well-separated RGB colours (a qualitative palette); class k uses _PALETTE[k % 20].
 _PALETTE = np.array(
@@ -57,6 +57,29 @@ def draw_semantic(
     colors = _PALETTE[class_map.astype(np.int64) % len(_PALETTE)]
     _blend(out, colors, where, alpha)
     return out
+
+
+def draw_legend(image_rgb: np.ndarray, class_names: Sequence[str], labels: Sequence[int]) -> np.ndarray:
+    """In place: a key of `labels` (a colour swatch and the class name each) in the top-right
+    corner, on a black box so it reads on any background. Returns the image."""
+    if not len(labels):
+        return image_rgb
+    scale = max(0.35, image_rgb.shape[0] / 720.0 * 0.7)
+    thickness = max(1, round(scale * 2))
+    (_, text_h), baseline = cv2.getTextSize("Ag", cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+    row, pad = text_h + baseline + 4, 4
+    width = max(cv2.getTextSize(class_names[i], cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)[0][0] for i in labels)
+    box_w = width + row + 3 * pad
+    x0 = max(0, image_rgb.shape[1] - box_w)
+    cv2.rectangle(image_rgb, (x0, 0), (image_rgb.shape[1] - 1, len(labels) * row + pad), (0, 0, 0), -1)
+    for k, label in enumerate(labels):
+        y = pad + k * row
+        cv2.rectangle(image_rgb, (x0 + pad, y), (x0 + pad + row - 4, y + row - 4), class_color(label), -1)
+        cv2.putText(
+            image_rgb, class_names[label], (x0 + 2 * pad + row, y + text_h), cv2.FONT_HERSHEY_SIMPLEX,
+            scale, (255, 255, 255), thickness, cv2.LINE_AA,
+        )  # fmt: skip
+    return image_rgb
 
 
 def draw_detections(

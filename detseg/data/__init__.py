@@ -24,6 +24,7 @@ from detseg.data.images import (
     letterbox_params,
     read_image,
     unletterbox_boxes,
+    unletterbox_map,
 )
 from detseg.data.masks import load_masks, read_semantic_mask
 from detseg.data.sample import IGNORE_INDEX, Dataset, Sample, Summary
@@ -83,6 +84,7 @@ __all__ = [
     "read_semantic_mask",
     "training_loader",
     "unletterbox_boxes",
+    "unletterbox_map",
     "write_coco",
     "write_shapes_video",
     "write_via",

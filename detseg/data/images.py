@@ -29,6 +29,7 @@ __all__ = [
     "read_image",
     "resize_to_fit",
     "unletterbox_boxes",
+    "unletterbox_map",
 ]
 
 PAD_VALUE = 114
@@ -155,3 +156,14 @@ def unletterbox_boxes(boxes: np.ndarray, params: LetterboxParams, clip: bool = T
     if clip:
         out = np.clip(out, 0.0, [params.width, params.height, params.width, params.height])
     return out.astype(np.float32)
+
+
+def unletterbox_map(values: np.ndarray, params: LetterboxParams) -> np.ndarray:
+    """Map a per-pixel map `[S, S, ...]` of the letterboxed image (a class map, probabilities)
+    back to the original `[height, width, ...]`: the padding is cut off and the rest resized
+    with nearest-neighbour interpolation, so class ids stay class ids."""
+    new_w, new_h = params.resized
+    inner = values[params.pad_y : params.pad_y + new_h, params.pad_x : params.pad_x + new_w]
+    if (new_w, new_h) == (params.width, params.height):
+        return np.ascontiguousarray(inner)
+    return cv2.resize(inner, (params.width, params.height), interpolation=cv2.INTER_NEAREST)

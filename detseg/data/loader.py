@@ -301,12 +301,14 @@ def training_loader(
 ) -> DetectionLoader:
     """The training batches a config describes: its augmentation (and mosaic), seeded per-epoch
     shuffling and workers, targets made by `encoder`. The one place that builds them, for
-    training, the benchmarks and the augmentation gallery alike."""
+    training, the benchmarks and the augmentation gallery alike. An encoder of semantic masks
+    gets the segmentation augmentation (masks move with the image, padded with IGNORE_INDEX)."""
+    semantic = getattr(encoder, "uses_masks", None) == "semantic"
     return DetectionLoader(
         dataset,
         cfg.model.input_size,
         batch_size or cfg.train.batch_size,
-        augment=build_augment(cfg.train.augment),
+        augment=build_augment(cfg.train.augment, "segmentation" if semantic else "detection"),
         encoder=encoder,
         shuffle=True,
         seed=cfg.train.seed,

@@ -11,10 +11,15 @@ from detseg.config import Config
 from detseg.tasks.base import Report, Task, saved_class_names
 from detseg.tasks.classify import ClassifyTask
 from detseg.tasks.detect import DetectTask
+from detseg.tasks.segment import SegmentTask
 
 __all__ = ["TASKS", "Report", "Task", "saved_class_names", "task_for"]
 
-TASKS: dict[str, Task] = {"yolov3": DetectTask(), "classifier": ClassifyTask()}
+TASKS: dict[str, Task] = {
+    "yolov3": DetectTask(),
+    "classifier": ClassifyTask(),
+    "unet": SegmentTask(),
+}
 
 
 def task_for(cfg: Config) -> Task:

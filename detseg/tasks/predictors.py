@@ -15,11 +15,12 @@ from typing import Any
 import numpy as np
 
 from detseg.data.images import letterbox
+from detseg.data.sample import IGNORE_INDEX
 from detseg.errors import DetsegError
 from detseg.stream.sinks import draw_text_block
-from detseg.viz import draw_detections
+from detseg.viz import draw_detections, draw_legend, draw_semantic
 
-__all__ = ["ClassificationPredictor", "DetectionPredictor"]
+__all__ = ["ClassificationPredictor", "DetectionPredictor", "SegmentationPredictor"]
 
 Detections = dict[str, np.ndarray]
 """One frame's detections: boxes [N, 4] float32 xyxy original pixels, scores [N] float32,
@@ -171,3 +172,46 @@ class ClassificationPredictor:
     def describe(self, result: dict[str, np.ndarray]) -> str:
         """The top-k as one line: "cat 0.912, dog 0.051, fox 0.020"."""
         return ", ".join(self._lines(result))
+
+
+class SegmentationPredictor:
+    """A segmenter as a stream `Predictor`: each frame's class map `[H, W]` in its own pixels.
+
+    `infer` takes RGB uint8 frames of any size and returns one class map per frame (a
+    `detseg.heads.Segmenter`). Drawing tints every class but "background" in its colour (alpha
+    blend) with a legend of the classes present; the JSONL fields are each class's pixel
+    fraction, and describe lists the classes present, largest first.
+    """
+
+    def __init__(self, infer: Callable[[list[np.ndarray]], list[np.ndarray]], class_names: Sequence[str]):
+        self.infer = infer
+        self.class_names = _checked_names(class_names)
+        self._skip = [IGNORE_INDEX] + [i for i, n in enumerate(self.class_names) if n == "background"]
+
+    def __call__(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        maps = self.infer(images)
+        for image, class_map in zip(images, maps, strict=True):
+            if class_map.shape != image.shape[:2]:
+                raise ValueError(f"a class map of {class_map.shape} for an image of {image.shape[:2]}")
+        return maps
+
+    def fractions(self, class_map: np.ndarray) -> np.ndarray:
+        """The share of the pixels of each class [C] (they add up to 1)."""
+        counts = np.bincount(class_map.ravel(), minlength=len(self.class_names))[: len(self.class_names)]
+        return counts / max(1, class_map.size)
+
+    def draw(self, image: np.ndarray, result: np.ndarray) -> np.ndarray:
+        """The frame with the classes tinted and a legend of those present."""
+        present = [i for i in np.flatnonzero(self.fractions(result)) if i not in self._skip]
+        return draw_legend(draw_semantic(image, result, skip=self._skip), self.class_names, present)
+
+    def record(self, result: np.ndarray) -> dict[str, Any]:
+        """`{"fractions": {class: share of the pixels, 1e-4}}`, every class listed."""
+        shares = _rounded(self.fractions(result), 4)
+        return {"fractions": dict(zip(self.class_names, shares, strict=True))}
+
+    def describe(self, result: np.ndarray) -> str:
+        shares = self.fractions(result)
+        order = np.argsort(-shares, kind="stable")
+        return ", ".join(f"{self.class_names[i]} {shares[i]:.3f}" for i in order if shares[i] > 0)
+

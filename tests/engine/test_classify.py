@@ -373,5 +373,7 @@ def test_cli_train_evaluate_predict_on_an_image_folder(tmp_path):
     frames = [capture.read()[1] for _ in range(2)]
     capture.release()
     bright = frames[1]  # a frame of level 200
-    assert bright.shape == (48, 64, 3) and (bright[:, -10:] > 150).all()
-    assert (bright[-3:, :10] < 60).all()  # the top-k text box (black) in the bottom-left corner
+    # (lossy video: compare means) the frame is bright but for the top-k text box, black, in
+    # the bottom-left corner
+    assert bright.shape == (48, 64, 3) and bright[:20, -20:].mean() > 150
+    assert bright[-3:, :10].mean() < 60

@@ -1,0 +1,190 @@
+"""Segmentation as a task: tiled and letterboxed inference, the stream predictor, and a small
+U-Net trained, evaluated, run on video and exported through the engine."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from detseg.config import load_config
+from detseg.data import letterbox, unletterbox_map
+from detseg.errors import DetsegError
+from detseg.heads.unet_infer import Segmenter, tile_starts
+from detseg.tasks.predictors import SegmentationPredictor
+
+NAMES = ["background", "red", "blue"]
+
+
+# === Inference on any image size ===
+
+
+def colour_rule(images: np.ndarray) -> np.ndarray:
+    """A fake segmenter that needs no context: red pixels are class 1, blue 2, others 0."""
+    r, b = images[..., 0].astype(int), images[..., 2].astype(int)
+    return np.where(r > 150, 1, np.where(b > 150, 2, 0))
+
+
+def blobs(height: int, width: int) -> np.ndarray:
+    image = np.zeros((height, width, 3), np.uint8)
+    image[5:40, 10:70] = (255, 0, 0)
+    image[height - 30 : height - 3, width - 50 : width - 4] = (0, 0, 255)
+    return image
+
+
+def test_tile_starts_by_hand():
+    # 200 px in 64 px tiles with >= 16 px overlap: stride <= 48, ceil(136 / 48) + 1 = 4 tiles,
+    # spread evenly so the last ends at 200: 0, 136/3 = 45.3 -> 45, 90.7 -> 91, 136
+    assert tile_starts(200, 64, 16) == [0, 45, 91, 136]
+    assert tile_starts(64, 64, 16) == [0] and tile_starts(50, 64, 16) == [0]
+    starts = tile_starts(1000, 128, 32)
+    assert starts[-1] + 128 == 1000 and max(np.diff(starts)) <= 128 - 32
+
+
+def test_tiles_reproduce_a_context_free_rule_exactly():
+    image = blobs(150, 230)  # larger than the 64 px input on both sides, not a multiple of it
+    segmenter = Segmenter(colour_rule, 64, batch_size=5, tile=True, tile_overlap=0.25)
+    (class_map,) = segmenter([image])
+    assert class_map.shape == (150, 230) and class_map.dtype == np.uint8
+    np.testing.assert_array_equal(class_map, colour_rule(image))
+
+
+def test_letterboxed_maps_come_back_to_the_original_pixels():
+    image = blobs(96, 160)
+    (class_map,) = Segmenter(colour_rule, 64)([image])
+    assert class_map.shape == (96, 160)
+    # the rule on the letterboxed image, mapped back by hand: crop the padding, resize nearest
+    boxed, params = letterbox(image, 64)
+    expected = unletterbox_map(colour_rule(boxed[None])[0].astype(np.uint8), params)
+    np.testing.assert_array_equal(class_map, expected)
+    assert (class_map == colour_rule(image)).mean() > 0.97  # only edge pixels move
+
+
+def test_segmenter_refuses_non_rgb_images():
+    with pytest.raises(DetsegError, match="RGB uint8"):
+        Segmenter(colour_rule, 64)([np.zeros((10, 10), np.uint8)])
+
+
+def test_predictor_records_pixel_fractions_and_draws_a_legend():
+    class_map = np.zeros((10, 20), np.uint8)
+    class_map[:, :5] = 1  # 50 of 200 pixels: 0.25
+    class_map[0, 19] = 2  # 1 of 200: 0.005
+    predictor = SegmentationPredictor(lambda images: [class_map], NAMES)
+    image = np.full((10, 20, 3), 128, np.uint8)
+    (result,) = predictor([image])
+    assert predictor.record(result) == {"fractions": {"background": 0.745, "red": 0.25, "blue": 0.005}}
+    assert predictor.describe(result) == "background 0.745, red 0.250, blue 0.005"
+    big = np.full((120, 200, 3), 128, np.uint8)
+    big_map = cv2.resize(class_map, (200, 120), interpolation=cv2.INTER_NEAREST)
+    drawn = predictor.draw(big, big_map)
+    assert np.array_equal(big, np.full_like(big, 128))  # drawn on a copy
+    assert (drawn[60, 150] == 128).all()  # background is not tinted
+    assert not (drawn[60, 20] == 128).all()  # red class tinted
+    assert (drawn[2, -3] == 0).all()  # the legend's black box, top right
+
+
+def test_predictor_checks_the_map_size():
+    predictor = SegmentationPredictor(lambda images: [np.zeros((5, 5), np.uint8)], NAMES)
+    with pytest.raises(ValueError, match="class map"):
+        predictor([np.zeros((6, 5, 3), np.uint8)])
+
+
+# === Through the engine ===
+
+
+def tiny_config(root: Path) -> dict:
+    return {
+        "name": "seg",
+        "out_dir": str(root / "runs"),
+        "data": {
+            "builtin": "shapes",
+            "cache_dir": str(root / "cache"),
+            "shapes": {"num_train": 12, "num_val": 6, "image_size": 64, "min_size": 14, "max_size": 40, "video_frames": 6},
+            "workers": 0,
+        },
+        "model": {"kind": "unet", "backbone": "unet", "backbone_width": 0.125, "input_size": 64, "unet": {"depth": 3}},
+        "train": {"epochs": 2, "batch_size": 6, "warmup_epochs": 0, "lr": 0.01},
+    }
+
+
+@pytest.fixture(scope="module")
+def seg_run(tmp_path_factory):
+    from detseg.engine.train import train
+
+    root = tmp_path_factory.mktemp("seg")
+    cfg = load_config(None, tiny_config(root))
+    return root, cfg, train(cfg)
+
+
+def test_run_folder_and_report(seg_run):
+    from detseg.engine.evaluate import evaluate_model
+
+    _, _, run = seg_run
+    for name in ("config.yaml", "best.keras", "last.keras", "history.csv", "metrics.json", "confusion_matrix.png", "gallery.png"):
+        assert (run / name).is_file(), name
+    saved = load_config(run / "config.yaml")
+    assert saved.data.names == ["background", "circle", "square", "triangle"]  # the mask classes
+    metrics = json.loads((run / "metrics.json").read_text())
+    matrix = np.array(metrics["confusion_matrix"])
+    assert matrix.sum() == 6 * 64 * 64  # every pixel of the 6 validation images, in their own size
+    assert metrics["pixel_accuracy"] == pytest.approx(np.trace(matrix) / matrix.sum())
+    again = evaluate_model(run, print_fn=lambda text: None)
+    assert again["mIoU"] == pytest.approx(metrics["mIoU"], abs=1e-12)
+    header = (run / "history.csv").read_text().splitlines()[0]
+    assert "val_mIoU" in header and "dice_loss" in header
+
+
+def test_predict_on_video_writes_masks_and_one_line_per_frame(seg_run):
+    from detseg.engine.predict import predict
+
+    root, _, run = seg_run
+    video = next((root / "cache").glob("shapes_*/video.mp4"))
+    summary = predict(run, source=str(video), save=str(root / "seg.mp4"), jsonl=str(root / "seg.jsonl"))
+    lines = [json.loads(line) for line in (root / "seg.jsonl").read_text().splitlines()]
+    assert summary.frames_processed == len(lines) == 6
+    for line in lines:
+        assert set(line["fractions"]) == {"background", "circle", "square", "triangle"}
+        assert sum(line["fractions"].values()) == pytest.approx(1.0, abs=5e-4)
+    assert cv2.VideoCapture(str(root / "seg.mp4")).get(cv2.CAP_PROP_FRAME_COUNT) == 6
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "tflite"])
+def test_export_gives_the_keras_class_maps(seg_run, fmt):
+    """Exported class maps equal the Keras model's on the real validation images (>= 99.9% of
+    pixels; float differences between runtimes can only flip near-tied pixels)."""
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime")
+        pytest.importorskip("tf2onnx")
+    from detseg.data import load_split, read_image
+    from detseg.engine.export import export
+    from detseg.engine.exported import open_exported
+    from detseg.engine.runs import load_model
+
+    _, cfg, run = seg_run
+    runner, metadata = open_exported(export(run, fmt))
+    assert metadata["task"] == "unet" and metadata["outputs"] == ["classes"]
+    keras_segmenter = Segmenter.from_model(load_model(run / "best.keras"))
+    exported = Segmenter(lambda images: runner(images)["classes"], metadata["input_size"])
+    images = [read_image(s.image_path) for s in load_split(load_config(run / "config.yaml").data, "val").samples]
+    same = [np.mean(a == b) for a, b in zip(keras_segmenter(images), exported(images), strict=True)]
+    assert min(same) >= 0.999, same
+
+
+def test_cli_rejects_detection_thresholds_for_a_segmenter(seg_run):
+    root, _, run = seg_run
+    video = next((root / "cache").glob("shapes_*/video.mp4"))
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    res = subprocess.run(
+        [sys.executable, "-m", "detseg", "predict", str(run), "--source", str(video), "--conf", "0.5"],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [
+        "detseg: error: --conf and --iou are detection thresholds; a segmenter labels every pixel"
+    ]
