@@ -22,7 +22,7 @@ test-tf: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" -n 2
 
 test-jax: $(STAMP)
-	KERAS_BACKEND=jax $(BIN)/python -m pytest -m "jax and not slow"
+	KERAS_BACKEND=jax $(BIN)/python -m pytest -m "jax and not slow" -n 2
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow

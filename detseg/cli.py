@@ -39,9 +39,22 @@ def _overrides(pairs: Sequence[str] | None) -> dict[str, Any]:
 
 
 def _load(args: argparse.Namespace):
+    """The config of `args` (cheap: no Keras), then the backend: a bad config fails at once."""
     from detseg.config import load_config
 
-    return load_config(args.config, _overrides(args.set))
+    cfg = load_config(args.config, _overrides(args.set))
+    _start_backend(args)
+    return cfg
+
+
+def _start_backend(args: argparse.Namespace) -> None:
+    """Start Keras's backend with TensorFlow's native start-up chatter hidden (shown with -v).
+
+    Subcommands call it once their cheap checks passed; conversion and results-file scoring
+    never do, so they run without Keras.
+    """
+    if not args.verbose:
+        start_backend_quietly()
 
 
 def _add_set(p: argparse.ArgumentParser) -> None:
@@ -81,11 +94,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         return EXIT_OK
     if not args.model:
         raise DetsegError("evaluate needs a model (.keras) or run folder, or --gt and --dt files")
+    _start_backend(args)
     evaluate.evaluate_model(args.model, config=args.config, overrides=_overrides(args.set), split=args.split)
     return EXIT_OK
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    _start_backend(args)
     from detseg.engine.predict import predict
 
     predict(
@@ -125,6 +140,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    _start_backend(args)
     from detseg.engine.export import export
 
     out = export(args.model, fmt=args.format, out=args.out, config=args.config)
@@ -133,6 +149,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    _start_backend(args)
     from detseg.engine.demo import run_demo
 
     run_demo(args.config, _overrides(args.set))
@@ -145,6 +162,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     if args.config:
         print(data_info(_load(args), split=args.split, gallery=args.gallery))
     else:
+        _start_backend(args)
         print(environment_info())
     return EXIT_OK
 
@@ -227,16 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _configure_logging(args: argparse.Namespace) -> None:
-    """Log levels from -v/-q; without -v, start the backend with its native chatter hidden."""
+    """Log levels from -v/-q."""
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(message)s")
-    if not args.verbose and _needs_backend(args):
-        start_backend_quietly()
-
-
-def _needs_backend(args: argparse.Namespace) -> bool:
-    """False for the jobs that never touch Keras (conversion, scoring results files)."""
-    return args.command != "convert" and not (args.command == "evaluate" and (args.gt or args.dt))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
