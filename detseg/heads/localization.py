@@ -21,6 +21,7 @@ from keras import ops
 from detseg.backbones import feature_info, get_backbone
 from detseg.boxes import convert_boxes, giou_ops, iou_ops
 from detseg.errors import DetsegError
+from detseg.heads.decoded import DecodedPredictions
 
 __all__ = [
     "BOX_LOSSES",
@@ -76,7 +77,7 @@ def _cxcywh_to_xyxy(boxes):
 
 # === Model ===
 @keras.saving.register_keras_serializable(package="detseg")
-class Localizer(keras.Model):
+class Localizer(DecodedPredictions, keras.Model):
     """Classify the one object of an image and regress its box.
 
     Args:
@@ -196,13 +197,6 @@ class Localizer(keras.Model):
             "scores": ops.max(probs, axis=-1),
             "boxes": outputs["box"],
         }
-
-    def predict_step(self, *args):
-        """The backend's forward step, then the best class (JAX's stateless step returns a pair)."""
-        outputs = super().predict_step(*args)
-        if isinstance(outputs, tuple):  # JAX: (outputs, non-trainable variables)
-            return self.postprocess(outputs[0]), outputs[1]
-        return self.postprocess(outputs)
 
     # === Config ===
 

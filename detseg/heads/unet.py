@@ -26,6 +26,7 @@ from keras import ops
 
 from detseg.backbones.pyramid import feature_info, make_backbone
 from detseg.errors import DetsegError
+from detseg.heads.decoded import DecodedPredictions
 from detseg.layers.conv import conv_bn_act, scale_channels
 
 __all__ = [
@@ -154,7 +155,7 @@ def _safe_divide(numerator, denominator):
 
 
 @keras.saving.register_keras_serializable(package="detseg")
-class UNetSegmenter(keras.Model):
+class UNetSegmenter(DecodedPredictions, keras.Model):
     """U-Net decoder with skip connections on a pyramid encoder; outputs logits [B, S, S, K].
 
     Args:
@@ -351,13 +352,6 @@ class UNetSegmenter(keras.Model):
         if self.output_probabilities:
             return ops.softmax(logits, axis=-1)
         return ops.cast(ops.argmax(logits, axis=-1), "int32")
-
-    def predict_step(self, *args):
-        """The backend's forward step, then `postprocess` (JAX's stateless step returns a pair)."""
-        outputs = super().predict_step(*args)
-        if isinstance(outputs, tuple):  # JAX: (outputs, non-trainable variables)
-            return self.postprocess(outputs[0]), outputs[1]
-        return self.postprocess(outputs)
 
     # === Config ===
 

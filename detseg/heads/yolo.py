@@ -21,6 +21,7 @@ import numpy as np
 from keras import ops
 
 from detseg.errors import DetsegError
+from detseg.heads.decoded import DecodedPredictions
 from detseg.heads.yolo_decode import DEFAULT_SCALE_XY, decode_candidates, nms_padded
 from detseg.heads.yolo_loss import BOX_LOSSES, yolo_loss_terms
 from detseg.heads.yolo_targets import YoloTargetEncoder, check_anchors, level_stride
@@ -56,7 +57,7 @@ def _logit(p: float) -> float:
 
 
 @keras.saving.register_keras_serializable(package="detseg")
-class YoloDetector(keras.Model):
+class YoloDetector(DecodedPredictions, keras.Model):
     """YOLOv3-style anchor detector on a pyramid backbone.
 
     Args:
@@ -274,13 +275,6 @@ class YoloDetector(keras.Model):
         return nms_padded(
             boxes, scores, labels, self.score_thr, self.iou_thr, self.max_det, self.agnostic_nms
         )
-
-    def predict_step(self, *args):
-        """The backend's forward step, then decode + NMS (JAX's stateless step returns a pair)."""
-        outputs = super().predict_step(*args)
-        if isinstance(outputs, tuple):  # JAX: (outputs, non-trainable variables)
-            return self.postprocess(outputs[0]), outputs[1]
-        return self.postprocess(outputs)
 
     # === Config ===
 
