@@ -35,6 +35,8 @@ __all__ = [
     "MODEL_KINDS",
     "ClassifierModelConfig",
     "DetectorModelConfig",
+    "FCNModelConfig",
+    "LocalizerModelConfig",
     "ModelConfig",
     "SegmenterModelConfig",
     "UNetConfig",
@@ -333,10 +335,120 @@ class SegmenterModelConfig(_ModelSection):
 
 
 
+class LocalizerModelConfig(_ModelSection):
+    """Classification + localization of one object per image (`kind: localize`): a backbone,
+    global pooling, a class softmax and one box regressor."""
+
+    kind: Literal["localize"] = Field(
+        "localize", description="Task head to build: the single-object classifier + box regressor."
+    )
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the pooled features, before both outputs.")
+    class_weight: float = Field(0.8, ge=0, description="Weight of the class loss (sparse cross-entropy).")
+    box_weight: float = Field(0.2, ge=0, description="Weight of the box loss.")
+    box_loss: Literal["mse", "giou"] = Field(
+        "mse", description="Box loss: squared error of the normalised (cx, cy, w, h), or 1 - GIoU."
+    )
+    objects: Literal["largest", "single"] = Field(
+        "largest",
+        description=(
+            "How a detection dataset becomes one object per image: 'largest' keeps each image's "
+            "largest box, 'single' keeps only the images with exactly one object (others are "
+            "skipped and counted)."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _some_loss(self) -> LocalizerModelConfig:
+        if self.class_weight + self.box_weight <= 0:
+            raise ValueError("class_weight and box_weight cannot both be 0")
+        return self
+
+    # One box per image, always kept (an augmentation that loses it is not applied): no
+    # mosaic, no crops; evaluation and prediction report the one class and box, with no
+    # score threshold or NMS.
+    unused: ClassVar[tuple[str, ...]] = (
+        "data.crops",
+        "data.crop_padding",
+        "train.augment.mosaic_p",
+        "eval.score_thr",
+        "eval.iou_thr",
+        "eval.max_det",
+        "eval.voc_iou_thr",
+        "predict.score_thr",
+        "predict.iou_thr",
+        "predict.max_det",
+        "predict.agnostic_nms",
+        "predict.tile",
+        "predict.tile_overlap",
+    )
+
+
+class FCNModelConfig(ClassifierModelConfig):
+    """A sliding-window detector (`kind: fcn`): a classifier trained on object and background
+    crops, made fully convolutional after training and slid over whole images.
+
+    `input_size` is the window: crops are resized to it, and each scale s of `scales` scans
+    the image with windows of `input_size / s` original pixels. Evaluation uses the `eval`
+    thresholds, prediction the `predict` ones (per-class NMS over every scale).
+    """
+
+    kind: Literal["fcn"] = Field("fcn", description="Task head to build: the FCN sliding-window detector.")
+    backbone: str = Field(
+        "lenet5",
+        description=(
+            "Backbone of the window classifier: one that takes `padding` when padding is 'valid' "
+            "(lenet5, alexnet)."
+        ),
+    )
+    input_size: int = Field(32, ge=32, description="The window: side of the classifier's square input, in pixels.")
+    padding: Literal["valid", "same"] = Field(
+        "valid",
+        description=(
+            "Backbone conv padding. 'valid': each FCN grid cell equals the classifier on its "
+            "window; 'same' (any backbone): the cells see real pixels where the training crops "
+            "saw zero padding, which can change their scores completely."
+        ),
+    )
+    scales: list[float] = Field(
+        [1.0],
+        min_length=1,
+        description=(
+            "Image resize factors the detector scans at (each one FCN pass); a window covers "
+            "input_size / scale original pixels, so scales > 1 find smaller objects."
+        ),
+    )
+    background_per_image: int = Field(
+        4, ge=1, description="Random background windows cut from every training (and validation) image."
+    )
+    background_iou: float = Field(
+        0.2, gt=0, lt=1, description="A background window overlaps every box by less than this IoU."
+    )
+
+    @field_validator("scales")
+    @classmethod
+    def _positive_scales(cls, value: list[float]) -> list[float]:
+        if any(not s > 0 for s in value):
+            raise ValueError("every scale must be > 0")
+        return value
+
+    # Crops (object crops squared with data.crop_padding, plus background) are classified
+    # whole: no boxes to keep visible, no mosaic; NMS is per class; no tiles.
+    unused: ClassVar[tuple[str, ...]] = (
+        "data.crops",
+        "train.augment.mosaic_p",
+        "train.augment.min_visibility",
+        "train.augment.min_area",
+        "predict.agnostic_nms",
+        "predict.tile",
+        "predict.tile_overlap",
+    )
+
 MODEL_KINDS: dict[str, type[_ModelSection]] = {
     "yolov3": DetectorModelConfig,
     "classifier": ClassifierModelConfig,
     "unet": SegmenterModelConfig,
+    "localize": LocalizerModelConfig,
+    "fcn": FCNModelConfig,
 }
 """model.kind -> its config section; a new head adds its section here (and its Task in detseg.tasks)."""
 

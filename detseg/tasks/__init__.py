@@ -11,6 +11,8 @@ from detseg.config import Config
 from detseg.tasks.base import Report, Task, saved_class_names
 from detseg.tasks.classify import ClassifyTask
 from detseg.tasks.detect import DetectTask
+from detseg.tasks.fcn import FCNTask
+from detseg.tasks.localize import LocalizeTask
 from detseg.tasks.segment import SegmentTask
 
 __all__ = ["TASKS", "Report", "Task", "saved_class_names", "task_for"]
@@ -19,6 +21,8 @@ TASKS: dict[str, Task] = {
     "yolov3": DetectTask(),
     "classifier": ClassifyTask(),
     "unet": SegmentTask(),
+    "localize": LocalizeTask(),
+    "fcn": FCNTask(),
 }
 
 
