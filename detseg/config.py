@@ -201,6 +201,23 @@ class YoloConfig(_Section):
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="Class label smoothing.")
 
 
+# Keys of other sections, in groups, for the `unused` lists of the model kinds below.
+_CROPS = ("data.crops", "data.crop_padding")
+_MOSAIC = ("train.augment.mosaic_p",)
+_BOX_VISIBILITY = ("train.augment.min_visibility", "train.augment.min_area")
+_DETECTION_POSTPROCESS = (
+    "eval.score_thr",
+    "eval.iou_thr",
+    "eval.max_det",
+    "eval.voc_iou_thr",
+    "predict.score_thr",
+    "predict.iou_thr",
+    "predict.max_det",
+    "predict.agnostic_nms",
+)
+_TILES = ("predict.tile", "predict.tile_overlap")
+
+
 class _ModelSection(_Section):
     """Fields every model kind has: the backbone, its weights and the input size."""
 
@@ -230,7 +247,7 @@ class DetectorModelConfig(_ModelSection):
     kind: Literal["yolov3"] = Field("yolov3", description="Task head to build: the YOLOv3-style detector.")
     yolo: YoloConfig = Field(default_factory=YoloConfig, description="YOLO head options.")
 
-    unused: ClassVar[tuple[str, ...]] = ("data.crops", "data.crop_padding", "predict.tile", "predict.tile_overlap")
+    unused: ClassVar[tuple[str, ...]] = (*_CROPS, *_TILES)
 
 
 class ClassifierModelConfig(_ModelSection):
@@ -248,21 +265,7 @@ class ClassifierModelConfig(_ModelSection):
 
     # Crops are classified whole: no boxes to keep visible, no mosaic; evaluation and
     # prediction report top-k classes, with no score threshold or NMS.
-    unused: ClassVar[tuple[str, ...]] = (
-        "train.augment.mosaic_p",
-        "train.augment.min_visibility",
-        "train.augment.min_area",
-        "eval.score_thr",
-        "eval.iou_thr",
-        "eval.max_det",
-        "eval.voc_iou_thr",
-        "predict.score_thr",
-        "predict.iou_thr",
-        "predict.max_det",
-        "predict.agnostic_nms",
-        "predict.tile",
-        "predict.tile_overlap",
-    )
+    unused: ClassVar[tuple[str, ...]] = (*_MOSAIC, *_BOX_VISIBILITY, *_DETECTION_POSTPROCESS, *_TILES)
 
 
 class UNetConfig(_Section):
@@ -318,20 +321,7 @@ class SegmenterModelConfig(_ModelSection):
         return self
 
     # A segmenter scores pixels: no boxes to keep visible, no detection thresholds or NMS.
-    unused: ClassVar[tuple[str, ...]] = (
-        "data.crops",
-        "data.crop_padding",
-        "train.augment.min_visibility",
-        "train.augment.min_area",
-        "eval.score_thr",
-        "eval.iou_thr",
-        "eval.max_det",
-        "eval.voc_iou_thr",
-        "predict.score_thr",
-        "predict.iou_thr",
-        "predict.max_det",
-        "predict.agnostic_nms",
-    )
+    unused: ClassVar[tuple[str, ...]] = (*_CROPS, *_BOX_VISIBILITY, *_DETECTION_POSTPROCESS)
 
 
 
@@ -366,21 +356,7 @@ class LocalizerModelConfig(_ModelSection):
     # One box per image, always kept (an augmentation that loses it is not applied): no
     # mosaic, no crops; evaluation and prediction report the one class and box, with no
     # score threshold or NMS.
-    unused: ClassVar[tuple[str, ...]] = (
-        "data.crops",
-        "data.crop_padding",
-        "train.augment.mosaic_p",
-        "eval.score_thr",
-        "eval.iou_thr",
-        "eval.max_det",
-        "eval.voc_iou_thr",
-        "predict.score_thr",
-        "predict.iou_thr",
-        "predict.max_det",
-        "predict.agnostic_nms",
-        "predict.tile",
-        "predict.tile_overlap",
-    )
+    unused: ClassVar[tuple[str, ...]] = (*_CROPS, *_MOSAIC, *_DETECTION_POSTPROCESS, *_TILES)
 
 
 class FCNModelConfig(ClassifierModelConfig):
@@ -435,12 +411,10 @@ class FCNModelConfig(ClassifierModelConfig):
     # whole: no boxes to keep visible, no mosaic; NMS is per class; no tiles.
     unused: ClassVar[tuple[str, ...]] = (
         "data.crops",
-        "train.augment.mosaic_p",
-        "train.augment.min_visibility",
-        "train.augment.min_area",
+        *_MOSAIC,
+        *_BOX_VISIBILITY,
         "predict.agnostic_nms",
-        "predict.tile",
-        "predict.tile_overlap",
+        *_TILES,
     )
 
 MODEL_KINDS: dict[str, type[_ModelSection]] = {
