@@ -70,12 +70,15 @@ class ClassifyTask(Task):
     def check_val_data(self, cfg: Config, data: Crops) -> None:
         """`load_data` already compared the split's classes with the training ones."""
 
+    def backbone_kwargs(self, cfg: Config) -> dict[str, Any]:
+        """Builder arguments of the backbone beyond its name, shape and weights."""
+        if cfg.model.backbone.startswith(APPLICATIONS_PREFIX) and cfg.model.backbone_width == 1.0:
+            return {}  # keras.applications models take no width (any other value is an error)
+        return {"width": cfg.model.backbone_width}
+
     def build_model(self, cfg: Config, num_classes: int) -> ImageClassifier:
         model_cfg = cfg.model
         side = model_cfg.input_size
-        backbone_kwargs = {"width": model_cfg.backbone_width}
-        if model_cfg.backbone.startswith(APPLICATIONS_PREFIX) and model_cfg.backbone_width == 1.0:
-            backbone_kwargs = {}  # keras.applications models take no width (any other value is an error)
         return build_classifier(
             model_cfg.backbone,
             (side, side, 3),
@@ -83,7 +86,7 @@ class ClassifyTask(Task):
             weights=model_cfg.weights,
             dropout=model_cfg.dropout,
             top=model_cfg.top,
-            **backbone_kwargs,
+            **self.backbone_kwargs(cfg),
         )
 
     def _loader(self, cfg: Config, crops: Crops, *, train: bool) -> ClassificationLoader:

@@ -24,7 +24,7 @@ from detseg.data import Dataset, load_split, read_image
 from detseg.data.crops import Crops, window_crops
 from detseg.data.files import write_json
 from detseg.errors import DetsegError
-from detseg.heads.classifier import ImageClassifier, build_classifier
+from detseg.heads.classifier import ImageClassifier
 from detseg.heads.fcn import SlidingWindowDetector
 from detseg.metrics import DetectionEvaluator, classification_metrics, format_summary
 from detseg.tasks.base import Report, Task, saved_class_names
@@ -96,22 +96,15 @@ class FCNTask(ClassifyTask):
 
     # === Model and training ===
 
+    def backbone_kwargs(self, cfg: Config) -> dict[str, Any]:
+        """The classifier's backbone arguments, plus `model.padding` when "valid" ("same" is
+        every builder's default)."""
+        kwargs = super().backbone_kwargs(cfg)
+        return {**kwargs, "padding": "valid"} if cfg.model.padding == "valid" else kwargs
+
     def build_model(self, cfg: Config, num_classes: int) -> ImageClassifier:
-        """The window classifier: `num_classes` objects + background, on a backbone with
-        `model.padding` (passed only when "valid": "same" is every builder's default)."""
-        m, side = cfg.model, cfg.model.input_size
-        backbone_kwargs = {"width": m.backbone_width} if m.backbone_width != 1.0 else {}
-        if m.padding == "valid":
-            backbone_kwargs["padding"] = "valid"
-        return build_classifier(
-            m.backbone,
-            (side, side, 3),
-            num_classes + 1,
-            weights=m.weights,
-            dropout=m.dropout,
-            top=m.top,
-            **backbone_kwargs,
-        )
+        """The window classifier: `num_classes` objects + background."""
+        return super().build_model(cfg, num_classes + 1)
 
     def train_loader(
         self, cfg: Config, model: ImageClassifier, train_data: WindowData
