@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     from detseg.stream import Predictor
 
-__all__ = ["Report", "Task", "saved_class_names"]
+__all__ = ["Report", "Task", "refuse_thresholds", "saved_class_names"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,13 @@ def saved_class_names(cfg: Config, num_classes: int) -> list[str]:
     if len(names) != num_classes:
         raise DetsegError(f"the config names {len(names)} classes but the model predicts {num_classes}")
     return names
+
+
+def refuse_thresholds(score_thr: float | None, iou_thr: float | None, reports: str, source: str | Path | None = None) -> None:
+    """`--conf` / `--iou` are a detector's; a task without them refuses them in one line that
+    says what it `reports` instead."""
+    if score_thr is not None or iou_thr is not None:
+        raise DetsegError(f"--conf and --iou are detection thresholds; {reports}", source)
 
 
 class Task(ABC):

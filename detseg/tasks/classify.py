@@ -28,11 +28,13 @@ from detseg.data.classification import (
 )
 from detseg.data.crops import Crops
 from detseg.data.files import write_json
-from detseg.errors import DetsegError
 from detseg.heads.classifier import BACKBONE_LAYER, ImageClassifier, build_classifier
 from detseg.metrics import classification_metrics, format_classification, plot_class_confusion
-from detseg.tasks.base import Report, Task, saved_class_names
+from detseg.tasks.base import Report, Task, refuse_thresholds, saved_class_names
 from detseg.tasks.predictors import ClassificationPredictor
+
+REPORTS = "a classifier reports its top-k classes"
+"""What `detseg predict` gives instead of detections (said when --conf / --iou are passed)."""
 
 __all__ = ["BACKBONE_WEIGHTS_FILE", "ClassifyTask", "ServingClassifier"]
 
@@ -140,8 +142,7 @@ class ClassifyTask(Task):
     def predictor(
         self, cfg: Config, model: ImageClassifier, *, score_thr: float | None, iou_thr: float | None, batch: int
     ) -> ClassificationPredictor:
-        if score_thr is not None or iou_thr is not None:
-            raise DetsegError("--conf and --iou are detection thresholds; a classifier reports its top-k classes")
+        refuse_thresholds(score_thr, iou_thr, REPORTS)
         names = saved_class_names(cfg, int(model.output_shape[-1]))
         return ClassificationPredictor(
             lambda images: model.predict_on_batch(images.astype(np.float32) / 255.0), names, cfg.model.input_size
@@ -150,8 +151,7 @@ class ClassifyTask(Task):
     def exported_predictor(
         self, runner, metadata: dict[str, Any], path: Path, *, score_thr: float | None, iou_thr: float | None, batch: int
     ) -> ClassificationPredictor:
-        if score_thr is not None or iou_thr is not None:
-            raise DetsegError("--conf and --iou are detection thresholds; a classifier reports its top-k classes")
+        refuse_thresholds(score_thr, iou_thr, REPORTS)
         return ClassificationPredictor(
             lambda images: runner(images)["scores"], list(metadata["class_names"]), int(metadata["input_size"])
         )

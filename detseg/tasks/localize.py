@@ -43,7 +43,7 @@ from detseg.data.single_object import (
 from detseg.errors import DetsegError
 from detseg.heads.localization import CORRECT_IOU, Localizer, box_iou_single, decode_box
 from detseg.metrics import plot_class_confusion
-from detseg.tasks.base import Report, Task, saved_class_names
+from detseg.tasks.base import Report, Task, refuse_thresholds, saved_class_names
 from detseg.tasks.predictors import DetectionPredictor
 
 __all__ = [
@@ -58,9 +58,8 @@ OUTPUT_NAMES = ("labels", "scores", "boxes")
 """Outputs of an exported localizer: the class [B] int32, its probability [B] and the box
 [B, 4] xyxy in letterboxed input pixels."""
 
-_THRESHOLDS = (
-    "--conf and --iou are detection thresholds; a localizer reports one class and box per image"
-)
+REPORTS = "a localizer reports one class and box per image"
+"""What `detseg predict` gives instead of detections (said when --conf / --iou are passed)."""
 
 
 # === Metrics ===
@@ -301,8 +300,7 @@ class LocalizeTask(Task):
         iou_thr: float | None,
         batch: int,
     ) -> LocalizationPredictor:
-        if score_thr is not None or iou_thr is not None:
-            raise DetsegError(_THRESHOLDS)
+        refuse_thresholds(score_thr, iou_thr, REPORTS)
         side = cfg.model.input_size
 
         def run(images: np.ndarray) -> dict[str, np.ndarray]:
@@ -326,8 +324,7 @@ class LocalizeTask(Task):
         iou_thr: float | None,
         batch: int,
     ) -> LocalizationPredictor:
-        if score_thr is not None or iou_thr is not None:
-            raise DetsegError(_THRESHOLDS, path)
+        refuse_thresholds(score_thr, iou_thr, REPORTS, path)
         return LocalizationPredictor(
             runner, list(metadata["class_names"]), int(metadata["input_size"])
         )

@@ -34,9 +34,12 @@ from detseg.errors import DetsegError
 from detseg.heads.unet import UNetSegmenter, build_unet
 from detseg.heads.unet_infer import Segmenter
 from detseg.metrics import SegmentationMetrics, plot_class_confusion
-from detseg.tasks.base import Report, Task, saved_class_names
+from detseg.tasks.base import Report, Task, refuse_thresholds, saved_class_names
 from detseg.tasks.predictors import SegmentationPredictor
 from detseg.viz import draw_semantic, tile_images
+
+REPORTS = "a segmenter labels every pixel"
+"""What `detseg predict` gives instead of detections (said when --conf / --iou are passed)."""
 
 __all__ = ["SegmentTask", "ServingSegmenter", "format_segmentation", "score_segmenter"]
 
@@ -180,8 +183,7 @@ class SegmentTask(Task):
     def predictor(
         self, cfg: Config, model: UNetSegmenter, *, score_thr: float | None, iou_thr: float | None, batch: int
     ) -> SegmentationPredictor:
-        if score_thr is not None or iou_thr is not None:
-            raise DetsegError("--conf and --iou are detection thresholds; a segmenter labels every pixel")
+        refuse_thresholds(score_thr, iou_thr, REPORTS)
         segmenter = Segmenter.from_model(model, batch, tile=cfg.predict.tile, tile_overlap=cfg.predict.tile_overlap)
         return SegmentationPredictor(segmenter, saved_class_names(cfg, max(2, model.num_classes)))
 
@@ -192,7 +194,6 @@ class SegmentTask(Task):
     def exported_predictor(
         self, runner, metadata: dict[str, Any], path: Path, *, score_thr: float | None, iou_thr: float | None, batch: int
     ) -> SegmentationPredictor:
-        if score_thr is not None or iou_thr is not None:
-            raise DetsegError("--conf and --iou are detection thresholds; a segmenter labels every pixel")
+        refuse_thresholds(score_thr, iou_thr, REPORTS)
         segmenter = Segmenter(lambda images: runner(images)["classes"], int(metadata["input_size"]), batch)
         return SegmentationPredictor(segmenter, list(metadata["class_names"]))
