@@ -154,3 +154,20 @@ def test_convert_of_a_truncated_xml_is_one_line_without_keras(tmp_path):
         f"detseg: error: {tmp_path / 'ann' / 'a.xml'}: XML does not parse at line 1 column 54: no element found"
     ]
     assert res.stdout.strip() == "[]"  # none of the heavy modules was imported
+
+
+def test_scoring_a_results_file_imports_no_keras(shared_data):
+    """`detseg evaluate --gt --dt` is NumPy + pycocotools' file format only: no backend start."""
+    folder = shared_data / "coco_val2014_100"
+    gt, dt = folder / "instances_val2014_100.json", folder / "instances_val2014_fakebbox100_results.json"
+    probe = (
+        "import sys, json\n"
+        "from detseg.cli import main\n"
+        f"code = main(['-q', 'evaluate', '--gt', {str(gt)!r}, '--dt', {str(dt)!r}])\n"
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'keras', 'tensorflow', 'jax', 'albumentations'})\n"
+        "print(json.dumps(heavy))\n"
+        "sys.exit(code)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().splitlines()[-1] == "[]"
