@@ -18,7 +18,7 @@ from detseg.data.sample import IGNORE_INDEX
 from detseg.errors import DetsegError
 from detseg.feature_maps import feature_maps  # the chapter's filter demo, re-exported here
 
-__all__ = ["class_color", "draw_detections", "draw_legend", "draw_semantic", "feature_maps", "save_gallery", "tile_images", "GalleryTargets"]
+__all__ = ["class_color", "draw_detections", "draw_legend", "draw_semantic", "feature_maps", "save_gallery", "tile_images", "untinted_labels", "GalleryTargets"]
 
 # Twenty well-separated RGB colours (a qualitative palette); class k uses _PALETTE[k % 20].
 _PALETTE = np.array(
@@ -43,6 +43,12 @@ def _blend(image: np.ndarray, colors: np.ndarray, where: np.ndarray, alpha: floa
     """In place: `image[where] = (1 - alpha) * image + alpha * colors` for the pixels in `where`."""
     region = image[where].astype(np.float32)
     image[where] = (region * (1 - alpha) + colors[where] * alpha).astype(np.uint8)
+
+
+def untinted_labels(class_names: Sequence[str] | None) -> list[int]:
+    """The labels a class map is not tinted for: unlabelled pixels (IGNORE_INDEX) and a class
+    named "background", so the overlay shows the objects."""
+    return [IGNORE_INDEX] + [i for i, name in enumerate(class_names or []) if name == "background"]
 
 
 def draw_semantic(
@@ -167,9 +173,7 @@ def save_gallery(loader: DetectionLoader, out_png: str | Path, *, columns: int =
         raise DetsegError(f"a gallery needs a loader with GalleryTargets, got {type(loader.encoder).__name__}")
     dataset = loader.dataset
     images, (boxes, labels, masks) = loader[0]
-    skip = [IGNORE_INDEX] + (
-        [0] if dataset.mask_classes and dataset.mask_classes[0] == "background" else []
-    )
+    skip = untinted_labels(dataset.mask_classes)
     tiles = []
     for i, image in enumerate(images):
         tile = np.round(image * 255).astype(np.uint8)

@@ -15,10 +15,9 @@ from typing import Any
 import numpy as np
 
 from detseg.data.images import letterbox
-from detseg.data.sample import IGNORE_INDEX
 from detseg.errors import DetsegError
 from detseg.stream.sinks import draw_text_block
-from detseg.viz import draw_detections, draw_legend, draw_semantic
+from detseg.viz import draw_detections, draw_legend, draw_semantic, untinted_labels
 
 __all__ = ["ClassificationPredictor", "DetectionPredictor", "SegmentationPredictor"]
 
@@ -186,7 +185,7 @@ class SegmentationPredictor:
     def __init__(self, infer: Callable[[list[np.ndarray]], list[np.ndarray]], class_names: Sequence[str]):
         self.infer = infer
         self.class_names = _checked_names(class_names)
-        self._skip = [IGNORE_INDEX] + [i for i, n in enumerate(self.class_names) if n == "background"]
+        self._skip = untinted_labels(self.class_names)
 
     def __call__(self, images: list[np.ndarray]) -> list[np.ndarray]:
         maps = self.infer(images)

@@ -36,7 +36,7 @@ from detseg.heads.unet_infer import Segmenter
 from detseg.metrics import SegmentationMetrics, plot_class_confusion
 from detseg.tasks.base import Report, Task, refuse_thresholds, saved_class_names
 from detseg.tasks.predictors import SegmentationPredictor
-from detseg.viz import draw_semantic, tile_images
+from detseg.viz import draw_semantic, tile_images, untinted_labels
 
 REPORTS = "a segmenter labels every pixel"
 """What `detseg predict` gives instead of detections (said when --conf / --iou are passed)."""
@@ -172,7 +172,7 @@ class SegmentTask(Task):
         result = {**metrics.result(), "confusion_matrix": metrics.confusion.tolist(), "num_images": len(data)}
         out = Path(out_dir)
         names = self.class_names(data)
-        skip = [IGNORE_INDEX] + [i for i, n in enumerate(names) if n == "background"]
+        skip = untinted_labels(names)
         files = (
             write_json(result, out / "metrics.json", indent=2),
             plot_class_confusion(metrics.confusion, names, out / "confusion_matrix.png"),
