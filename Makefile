@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Tests and benchmarks run on the allocator the `detseg` command picks (detseg/allocator.py).
+TUNED := $(BIN)/python -m detseg.allocator
 
 .PHONY: demo test test-tf test-jax test-slow bench lint clean
 
@@ -19,16 +21,16 @@ demo: $(STAMP)
 test: test-tf test-jax
 
 test-tf: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" -n 2
+	$(TUNED) $(BIN)/python -m pytest -m "not slow" -n 2
 
 test-jax: $(STAMP)
-	KERAS_BACKEND=jax $(BIN)/python -m pytest -m "jax and not slow" -n 2
+	KERAS_BACKEND=jax $(TUNED) $(BIN)/python -m pytest -m "jax and not slow" -n 2
 
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -m slow
+	$(TUNED) $(BIN)/python -m pytest -m slow
 
 bench: $(STAMP)
-	for f in benchmarks/bench_*.py; do $(BIN)/python $$f || exit 1; done
+	for f in benchmarks/bench_*.py; do $(TUNED) $(BIN)/python $$f || exit 1; done
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

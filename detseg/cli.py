@@ -13,6 +13,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from detseg.allocator import restart_with_tuned_allocator
 from detseg.errors import DetsegError
 from detseg.quiet import start_backend_quietly
 
@@ -251,7 +252,13 @@ def _configure_logging(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `detseg` console script; returns the exit code."""
+    """Entry point of the `detseg` console script; returns the exit code.
+
+    Called without `argv` (as the console script is), it first restarts itself on a tuned
+    memory allocator (`detseg.allocator`).
+    """
+    if argv is None:
+        restart_with_tuned_allocator([sys.executable, "-m", "detseg.cli", *sys.argv[1:]])
     args = build_parser().parse_args(argv)
     _configure_logging(args)
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import platform
 
+from detseg.allocator import allocator_in_use
 from detseg.config import Config
 
 _PACKAGES = (
@@ -27,7 +28,8 @@ def _version(dist: str) -> str:
 
 
 def environment_info() -> str:
-    """Versions of detseg and its main dependencies, the Keras backend and its devices."""
+    """Versions of detseg and its main dependencies, the Keras backend, its devices and the
+    memory allocator."""
     import keras
 
     from detseg import __version__
@@ -36,6 +38,7 @@ def environment_info() -> str:
     lines += [f"{dist} {_version(dist)}" for dist in _PACKAGES]
     lines.append(f"backend {keras.backend.backend()}")
     lines.append(f"devices {', '.join(keras.distribution.list_devices())}")
+    lines.append(f"allocator {allocator_in_use()}")
     return "\n".join(lines)
 
 
