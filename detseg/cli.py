@@ -115,6 +115,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         score_thr=args.conf,
         iou_thr=args.iou,
         config=args.config,
+        overrides=_overrides(args.set),
     )
     return EXIT_OK
 
@@ -211,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--conf", type=float, help="score threshold (default: the model's predict config)")
     p.add_argument("--iou", type=float, help="NMS IoU threshold (default: the model's predict config)")
     p.add_argument("--config", help="config (default: config.yaml beside the model)")
+    _add_set(p)
 
     p = add("anchors", _cmd_anchors, "fit k-means prior boxes to a config's training boxes")
     p.add_argument("config", help="YAML config file")

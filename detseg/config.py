@@ -215,7 +215,7 @@ _DETECTION_POSTPROCESS = (
     "predict.max_det",
     "predict.agnostic_nms",
 )
-_TILES = ("predict.tile", "predict.tile_overlap")
+_SEGMENTATION_PREDICT = ("predict.tile", "predict.tile_overlap", "predict.rle")
 
 
 class _ModelSection(_Section):
@@ -247,7 +247,7 @@ class DetectorModelConfig(_ModelSection):
     kind: Literal["yolov3"] = Field("yolov3", description="Task head to build: the YOLOv3-style detector.")
     yolo: YoloConfig = Field(default_factory=YoloConfig, description="YOLO head options.")
 
-    unused: ClassVar[tuple[str, ...]] = (*_CROPS, *_TILES)
+    unused: ClassVar[tuple[str, ...]] = (*_CROPS, *_SEGMENTATION_PREDICT)
 
 
 class ClassifierModelConfig(_ModelSection):
@@ -265,7 +265,7 @@ class ClassifierModelConfig(_ModelSection):
 
     # Crops are classified whole: no boxes to keep visible, no mosaic; evaluation and
     # prediction report top-k classes, with no score threshold or NMS.
-    unused: ClassVar[tuple[str, ...]] = (*_MOSAIC, *_BOX_VISIBILITY, *_DETECTION_POSTPROCESS, *_TILES)
+    unused: ClassVar[tuple[str, ...]] = (*_MOSAIC, *_BOX_VISIBILITY, *_DETECTION_POSTPROCESS, *_SEGMENTATION_PREDICT)
 
 
 class UNetConfig(_Section):
@@ -356,7 +356,7 @@ class LocalizerModelConfig(_ModelSection):
     # One box per image, always kept (an augmentation that loses it is not applied): no
     # mosaic, no crops; evaluation and prediction report the one class and box, with no
     # score threshold or NMS.
-    unused: ClassVar[tuple[str, ...]] = (*_CROPS, *_MOSAIC, *_DETECTION_POSTPROCESS, *_TILES)
+    unused: ClassVar[tuple[str, ...]] = (*_CROPS, *_MOSAIC, *_DETECTION_POSTPROCESS, *_SEGMENTATION_PREDICT)
 
 
 class FCNModelConfig(ClassifierModelConfig):
@@ -414,7 +414,7 @@ class FCNModelConfig(ClassifierModelConfig):
         *_MOSAIC,
         *_BOX_VISIBILITY,
         "predict.agnostic_nms",
-        *_TILES,
+        *_SEGMENTATION_PREDICT,
     )
 
 MODEL_KINDS: dict[str, type[_ModelSection]] = {
@@ -548,6 +548,10 @@ class PredictConfig(_Section):
     )
     tile_overlap: float = Field(
         0.25, ge=0, lt=1, description="Overlap of neighbouring tiles, as a fraction of the tile side (predict.tile)."
+    )
+    rle: bool = Field(
+        False,
+        description="Segmenters: --jsonl lines also hold each present class's mask as COCO RLE.",
     )
 
 

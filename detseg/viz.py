@@ -60,9 +60,15 @@ def draw_semantic(
     """A copy of the image with each class of the `[H, W]` class-index map tinted in its colour (`skip` left as is)."""
     out = image_rgb.copy()
     where = ~np.isin(class_map, skip)
-    colors = _PALETTE[class_map.astype(np.int64) % len(_PALETTE)]
-    _blend(out, colors, where, alpha)
+    _blend(out, paint_semantic(class_map, skip), where, alpha)
     return out
+
+
+def paint_semantic(class_map: np.ndarray, skip: Sequence[int] = (IGNORE_INDEX,)) -> np.ndarray:
+    """The `[H, W]` class-index map as an RGB colour mask: each class in its colour, `skip` black."""
+    colors = _PALETTE[class_map.astype(np.int64) % len(_PALETTE)]
+    colors[np.isin(class_map, skip)] = 0
+    return colors
 
 
 def draw_legend(image_rgb: np.ndarray, class_names: Sequence[str], labels: Sequence[int]) -> np.ndarray:

@@ -181,6 +181,7 @@ def test_model_section_is_chosen_by_kind(tmp_path):
         ({"model.kind": "classifier", "eval.iou_thr": 0.5}, "eval.iou_thr"),
         ({"model.kind": "classifier", "predict.score_thr": 0.5}, "predict.score_thr"),
         ({"model.kind": "yolov3", "data.crops": True}, "data.crops"),
+        ({"model.kind": "yolov3", "predict.rle": True}, "predict.rle"),
     ],
 )
 def test_a_field_the_kind_would_ignore_is_an_error(overrides, field):

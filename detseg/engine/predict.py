@@ -9,9 +9,11 @@ images or video (`--save`), a window (`--show`), one JSON line per frame (`--jso
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from detseg.engine.exported import predict_exported
 from detseg.engine.runs import exported_format, load_model, load_run
+from detseg.errors import DetsegError
 from detseg.stream import StreamSummary, run_on_source
 
 __all__ = ["predict"]
@@ -29,19 +31,23 @@ def predict(
     score_thr: float | None = None,
     iou_thr: float | None = None,
     config: str | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> StreamSummary:
     """Run a model on an image, folder, glob, video, stream or webcam and write the outputs.
 
     `model` is a run folder, a `.keras` file, or an exported ONNX / TFLite / SavedModel
     artefact. `score_thr` and `iou_thr` override a detector's predict thresholds; `config`
-    replaces the config.yaml beside the model. Returns the run's `StreamSummary`.
+    replaces the config.yaml beside the model, and `overrides` ({"predict.tile": True}) change
+    it. Returns the run's `StreamSummary`.
     """
     if exported_format(model) is not None:  # an ONNX / TFLite / SavedModel export
+        if overrides:
+            raise DetsegError("config overrides (--set) apply to a run or .keras model, not to an export", model)
         return predict_exported(
             model, source=source, save=save, show=show, jsonl=jsonl, batch=batch,
             max_frames=max_frames, score_thr=score_thr, iou_thr=iou_thr, config=config,
         )  # fmt: skip
-    model_path, cfg, task = load_run(model, config)
+    model_path, cfg, task = load_run(model, config, overrides)
 
     def build():
         return task.predictor(

@@ -128,7 +128,7 @@ class DetectionEvaluator:
                 continue
             value = data[key]
             if key == "masks":
-                value = value if isinstance(value, list) else _encode_masks(np.asarray(value))
+                value = value if isinstance(value, list) else encode_masks(np.asarray(value))
             else:
                 value = np.asarray(value, dtype=np.float64).reshape(-1)
             if len(value) != len(boxes):
@@ -269,7 +269,7 @@ def _source(data) -> str | None:
     return str(data) if isinstance(data, (str, Path)) else None
 
 
-def _encode_masks(masks: np.ndarray) -> list:
+def encode_masks(masks: np.ndarray) -> list:
     """`[N, H, W]` binary masks as COCO RLE dicts."""
     if masks.ndim != 3:
         raise DetsegError(f"masks must be a list of RLE dicts or [N, H, W]; got {masks.shape}")

@@ -71,6 +71,14 @@ def open_image_sinks(source: FrameSource, save: str | Path | None, show: bool) -
     return sinks
 
 
+def open_mask_sink(save: str | Path | None, paint: Callable[[Any], np.ndarray] | None) -> ImageFolderSink | None:
+    """Plain colour masks beside saved images (`<save>/masks/<name>.png`), for a predictor
+    that paints its results (`mask_image`); None otherwise or when saving a video."""
+    if paint is None or save is None or Path(save).suffix.lower() in VIDEO_CODECS:
+        return None
+    return ImageFolderSink(Path(save) / "masks", suffix=".png", label="masks")
+
+
 # === The output thread ===
 
 
@@ -92,9 +100,12 @@ class OutputWorker(threading.Thread):
         overlay_fps: bool,
         progress: tqdm,
         capacity: int,
+        mask_sink: ImageFolderSink | None = None,
+        paint: Callable[[Any], np.ndarray] | None = None,
     ):
         """`draw`, `record` and `describe` are the predictor's (`describe` None: print
-        nothing per frame, else one `"<file>: <description>"` line per frame)."""
+        nothing per frame, else one `"<file>: <description>"` line per frame); `paint`
+        (its `mask_image`) makes the images `mask_sink` writes."""
         super().__init__(name="detseg-output", daemon=False)
         self.queue: queue.Queue[tuple[Frame, Any]] = queue.Queue(capacity)
         self.image_sinks = image_sinks
@@ -102,6 +113,8 @@ class OutputWorker(threading.Thread):
         self.draw = draw
         self.record = record
         self.describe = describe
+        self.mask_sink = mask_sink
+        self.paint = paint
         self.overlay_fps = overlay_fps
         self.progress = progress
         self.meter = RateMeter()
@@ -133,6 +146,8 @@ class OutputWorker(threading.Thread):
             for sink in self.image_sinks:
                 if sink.write(frame, image):
                     self.quit.set()
+        if self.mask_sink is not None:
+            self.mask_sink.write(frame, self.paint(result))
         if self.jsonl is not None:
             self.jsonl.write(frame, self.record(result))
         if self.describe is not None:
@@ -141,7 +156,7 @@ class OutputWorker(threading.Thread):
         self.progress.update(1)
 
     def _close_sinks(self) -> None:
-        for sink in [*self.image_sinks, self.jsonl]:
+        for sink in [*self.image_sinks, self.mask_sink, self.jsonl]:
             if sink is None:
                 continue
             try:

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from detseg.errors import DetsegError
 from detseg.stream.capture import FrameBuffer, FrameReader
-from detseg.stream.outputs import OutputWorker, open_image_sinks
+from detseg.stream.outputs import OutputWorker, open_image_sinks, open_mask_sink
 from detseg.stream.sinks import JsonlSink, show_unavailable_reason
 from detseg.stream.sources import Frame, FrameSource, open_source
 
@@ -43,6 +43,8 @@ class Predictor(Protocol):
     `__call__` takes RGB uint8 frames (any size) and returns one result per frame; `draw`
     returns an annotated RGB copy of a frame; `record` gives the JSON-ready fields of the
     frame's JSONL line; `describe` a short line such as "3 RBC, 1 WBC" or "cat 0.91".
+    A predictor may also have `mask_image(result)`: an RGB image saved as
+    `<save>/masks/<name>.png` beside each saved image (a segmenter's colour mask).
     """
 
     class_names: Sequence[str]
@@ -249,6 +251,8 @@ def run_stream(
                 f"batch {batch} applies to files; a {source.kind} runs the newest frame each time"
             )
         image_sinks = open_image_sinks(source, save, show)
+        paint = getattr(predictor, "mask_image", None)
+        mask_sink = open_mask_sink(save, paint)
         jsonl_sink = JsonlSink(jsonl) if jsonl is not None else None
     except BaseException:
         source.close()
@@ -267,6 +271,8 @@ def run_stream(
         overlay_fps=source.kind != "images",
         progress=progress,
         capacity=capacity,
+        mask_sink=mask_sink,
+        paint=paint,
     )
 
     start = time.monotonic()
@@ -303,7 +309,9 @@ def run_stream(
         latency_ms=_stats_ms(worker.latencies),
         infer_ms=_stats_ms(state.infer_s),
         outputs={
-            sink.label: sink.target for sink in [*image_sinks, jsonl_sink] if sink is not None
+            sink.label: sink.target
+            for sink in [*image_sinks, mask_sink, jsonl_sink]
+            if sink is not None
         },
     )
     if verbose:

@@ -92,19 +92,22 @@ class VideoFileSink:
 
 
 class ImageFolderSink:
-    """Annotated images under `folder`, each with its input's name (relative path)."""
+    """Annotated images under `folder`, each with its input's name (relative path), or with
+    that name's suffix replaced by `suffix` (".png" for lossless class masks)."""
 
-    label = "images"
-
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, *, suffix: str | None = None, label: str = "images"):
         self.folder = Path(folder)
         self.target = str(self.folder)
+        self.suffix = suffix
+        self.label = label
         if self.folder.exists() and not self.folder.is_dir():
             raise DetsegError("image output must be a folder, and this is a file", self.folder)
         self.written = 0
 
     def write(self, frame: Frame, image: np.ndarray) -> None:
         out = self.folder / (frame.file or f"{frame.index:06d}.jpg")
+        if self.suffix:
+            out = out.with_suffix(self.suffix)
         out.parent.mkdir(parents=True, exist_ok=True)
         if not cv2.imwrite(str(out), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
             raise DetsegError("cannot write image", out)

@@ -16,8 +16,9 @@ import numpy as np
 
 from detseg.data.images import letterbox
 from detseg.errors import DetsegError
+from detseg.metrics.detection import encode_masks
 from detseg.stream.sinks import draw_text_block
-from detseg.viz import draw_detections, draw_legend, draw_semantic, untinted_labels
+from detseg.viz import draw_detections, draw_legend, draw_semantic, paint_semantic, untinted_labels
 
 __all__ = ["ClassificationPredictor", "DetectionPredictor", "SegmentationPredictor"]
 
@@ -178,13 +179,21 @@ class SegmentationPredictor:
 
     `infer` takes RGB uint8 frames of any size and returns one class map per frame (a
     `detseg.heads.Segmenter`). Drawing tints every class but "background" in its colour (alpha
-    blend) with a legend of the classes present; the JSONL fields are each class's pixel
-    fraction, and describe lists the classes present, largest first.
+    blend) with a legend of the classes present, and `mask_image` paints the plain colour
+    mask; the JSONL fields are each class's pixel fraction and, with `rle`, each present
+    class's mask as COCO RLE; describe lists the classes present, largest first.
     """
 
-    def __init__(self, infer: Callable[[list[np.ndarray]], list[np.ndarray]], class_names: Sequence[str]):
+    def __init__(
+        self,
+        infer: Callable[[list[np.ndarray]], list[np.ndarray]],
+        class_names: Sequence[str],
+        *,
+        rle: bool = False,
+    ):
         self.infer = infer
         self.class_names = _checked_names(class_names)
+        self.rle = rle
         self._skip = untinted_labels(self.class_names)
 
     def __call__(self, images: list[np.ndarray]) -> list[np.ndarray]:
@@ -204,10 +213,24 @@ class SegmentationPredictor:
         present = [i for i in np.flatnonzero(self.fractions(result)) if i not in self._skip]
         return draw_legend(draw_semantic(image, result, skip=self._skip), self.class_names, present)
 
+    def mask_image(self, result: np.ndarray) -> np.ndarray:
+        """The class map as an RGB colour mask, untinted classes black (what `--save` writes
+        as `masks/<name>.png`)."""
+        return paint_semantic(result, self._skip)
+
     def record(self, result: np.ndarray) -> dict[str, Any]:
-        """`{"fractions": {class: share of the pixels, 1e-4}}`, every class listed."""
-        shares = _rounded(self.fractions(result), 4)
-        return {"fractions": dict(zip(self.class_names, shares, strict=True))}
+        """`{"fractions": {class: share of the pixels, 1e-4}}`, every class listed; with `rle`
+        also `"rle": {class: {"size": [H, W], "counts": str}}` for each class present."""
+        shares = self.fractions(result)
+        fields: dict[str, Any] = {"fractions": dict(zip(self.class_names, _rounded(shares, 4), strict=True))}
+        if self.rle:
+            present = np.flatnonzero(shares)
+            rles = encode_masks(np.stack([result == i for i in present])) if len(present) else []
+            fields["rle"] = {
+                self.class_names[i]: {"size": list(r["size"]), "counts": r["counts"].decode("ascii")}
+                for i, r in zip(present, rles, strict=True)
+            }
+        return fields
 
     def describe(self, result: np.ndarray) -> str:
         shares = self.fractions(result)

@@ -1,8 +1,9 @@
 """Semantic segmentation (`model.kind: unet`): the U-Net segmenter as a Task.
 
 Data are any dataset with semantic masks: `format: masks` (image + mask PNG pairs, e.g.
-`../shared/data/membrane`) or the shapes set (background + one class per shape). The class
-names are the mask classes. Training batches letterbox image and mask together, with the same
+`../shared/data/membrane`), the shapes set (background + one class per shape), or COCO
+instance polygons / RLE rasterised to semantic masks ("background" + the COCO classes). The
+class names are the mask classes. Training batches letterbox image and mask together, with the same
 geometric augmentation on both (nearest-neighbour for the mask, IGNORE_INDEX where the
 padding has no label). `best.keras` is chosen by `val_mIoU`, measured, as the evaluation is,
 on the class maps mapped back to each image's own pixels. The evaluation reports mIoU,
@@ -30,6 +31,7 @@ from detseg.data import (
     training_loader,
 )
 from detseg.data.files import write_json
+from detseg.data.semantic import BACKGROUND, with_semantic_masks
 from detseg.errors import DetsegError
 from detseg.heads.unet import UNetSegmenter, build_unet
 from detseg.heads.unet_infer import Segmenter
@@ -38,6 +40,8 @@ from detseg.tasks.base import Report, Task, refuse_thresholds, saved_class_names
 from detseg.tasks.predictors import SegmentationPredictor
 from detseg.viz import draw_semantic, tile_images, untinted_labels
 
+INSTANCE_FORMATS = ("coco",)
+"""Formats whose objects carry polygons or RLE, rasterised to semantic masks (`detseg.data.semantic`)."""
 REPORTS = "a segmenter labels every pixel"
 """What `detseg predict` gives instead of detections (said when --conf / --iou are passed)."""
 
@@ -122,11 +126,18 @@ class SegmentTask(Task):
     model_class = UNetSegmenter
 
     def load_data(self, cfg: Config, split: str) -> Dataset:
-        dataset = load_split(cfg.data, split)
+        data = cfg.data
+        instances = data.builtin is None and data.format in INSTANCE_FORMATS
+        names = data.names
+        if instances and names and names[0] == BACKGROUND:  # as a run saves them: mask classes
+            data = data.model_copy(update={"names": names[1:]})
+        dataset = load_split(data, split)
+        if instances:
+            return with_semantic_masks(dataset, data.cache_dir, getattr(data, split).annotations)
         if not dataset.mask_classes:
             raise DetsegError(
                 f"a segmenter needs semantic masks; the {split} split has none (use data.format: "
-                "masks with data.names and data.mask_values, or data.builtin: shapes)"
+                "masks with data.names and data.mask_values, coco with polygons or RLE, or data.builtin: shapes)"
             )
         return dataset
 
@@ -185,7 +196,8 @@ class SegmentTask(Task):
     ) -> SegmentationPredictor:
         refuse_thresholds(score_thr, iou_thr, REPORTS)
         segmenter = Segmenter.from_model(model, batch, tile=cfg.predict.tile, tile_overlap=cfg.predict.tile_overlap)
-        return SegmentationPredictor(segmenter, saved_class_names(cfg, max(2, model.num_classes)))
+        names = saved_class_names(cfg, max(2, model.num_classes))
+        return SegmentationPredictor(segmenter, names, rle=cfg.predict.rle)
 
     def serving_model(self, cfg: Config, model: UNetSegmenter, fmt: str) -> tuple[keras.Model, dict[str, Any]]:
         names = saved_class_names(cfg, max(2, model.num_classes))

@@ -89,6 +89,29 @@ def test_predictor_records_pixel_fractions_and_draws_a_legend():
     assert (drawn[2, -3] == 0).all()  # the legend's black box, top right
 
 
+def test_predictor_paints_colour_masks_and_writes_rle_of_each_present_class():
+    from pycocotools import mask as mask_utils
+
+    from detseg.viz import class_color
+
+    class_map = np.zeros((7, 9), np.uint8)
+    class_map[1:4, 2:6] = 1
+    class_map[5, 0] = 1  # a second, separate region of the same class
+    class_map[6, 8] = 2
+    predictor = SegmentationPredictor(lambda images: [class_map], NAMES, rle=True)
+    painted = predictor.mask_image(class_map)
+    assert painted.dtype == np.uint8 and painted.shape == (7, 9, 3)
+    assert (painted[2, 3] == class_color(1)).all() and (painted[6, 8] == class_color(2)).all()
+    assert (painted[0, 0] == 0).all()  # "background" stays black
+    record = predictor.record(class_map)
+    assert set(record["rle"]) == {"background", "red", "blue"}  # the classes present
+    for label, name in enumerate(NAMES):
+        rle = {**record["rle"][name], "counts": record["rle"][name]["counts"].encode()}
+        assert rle["size"] == [7, 9]
+        assert np.array_equal(mask_utils.decode(rle), class_map == label), name
+    assert "rle" not in SegmentationPredictor(lambda images: [class_map], NAMES).record(class_map)
+
+
 def test_predictor_checks_the_map_size():
     predictor = SegmentationPredictor(lambda images: [np.zeros((5, 5), np.uint8)], NAMES)
     with pytest.raises(ValueError, match="class map"):
@@ -148,10 +171,60 @@ def test_predict_on_video_writes_masks_and_one_line_per_frame(seg_run):
     summary = predict(run, source=str(video), save=str(root / "seg.mp4"), jsonl=str(root / "seg.jsonl"))
     lines = [json.loads(line) for line in (root / "seg.jsonl").read_text().splitlines()]
     assert summary.frames_processed == len(lines) == 6
+    assert "masks" not in summary.outputs  # colour masks go beside saved images, not videos
     for line in lines:
         assert set(line["fractions"]) == {"background", "circle", "square", "triangle"}
         assert sum(line["fractions"].values()) == pytest.approx(1.0, abs=5e-4)
     assert cv2.VideoCapture(str(root / "seg.mp4")).get(cv2.CAP_PROP_FRAME_COUNT) == 6
+
+
+def test_predict_on_images_saves_colour_masks_and_rle_in_original_pixels(seg_run):
+    """`--save` on images writes overlays and `masks/<name>.png`; `--set predict.rle=true`
+    adds RLE masks to the JSONL that decode to exactly the saved colour masks."""
+    from pycocotools import mask as mask_utils
+
+    from detseg.engine.predict import predict
+    from detseg.viz import class_color
+
+    root, _, run = seg_run
+    images = next((root / "cache").glob("shapes_*/val/images"))
+    out = root / "pred"
+    summary = predict(run, source=str(images), save=str(out), jsonl=str(root / "pred.jsonl"), overrides={"predict.rle": True})
+    lines = [json.loads(line) for line in (root / "pred.jsonl").read_text().splitlines()]
+    assert summary.frames_processed == len(lines) == 6
+    assert summary.outputs["masks"] == str(out / "masks")
+    for line in lines:
+        name = Path(line["file"])
+        painted = cv2.cvtColor(cv2.imread(str(out / "masks" / name.with_suffix(".png"))), cv2.COLOR_BGR2RGB)
+        assert painted.shape[:2] == cv2.imread(str(images / name)).shape[:2]
+        assert (out / name).is_file()  # the overlay
+        for label, cls in enumerate(["background", "circle", "square", "triangle"]):
+            coded = line["rle"].get(cls)
+            decoded = np.zeros(painted.shape[:2], bool) if coded is None else mask_utils.decode({**coded, "counts": coded["counts"].encode()}).astype(bool)
+            colour = (0, 0, 0) if cls == "background" else class_color(label)
+            assert np.array_equal(decoded, (painted == colour).all(-1)), (name, cls)
+
+
+def test_coco_polygons_train_a_segmenter_like_the_generators_masks(seg_run, tmp_path):
+    """COCO instance polygons become semantic masks ("background" + the COCO classes) that
+    agree with the shapes generator's own masks, and a run's saved names load the data back."""
+    from detseg.data import read_semantic_mask
+    from detseg.tasks import TASKS
+
+    root, _, _ = seg_run
+    val = next((root / "cache").glob("shapes_*/val"))
+    split = {"annotations": str(val / "annotations.json"), "images": str(val)}
+    cfg = load_config(None, {"model.kind": "unet", "data.format": "coco", "data.cache_dir": str(tmp_path), "data.train": split, "data.val": split})
+    task = TASKS["unet"]
+    data = task.load_data(cfg, "train")
+    saved = task.prepare(cfg, data)
+    assert saved.data.names == ["background", "circle", "square", "triangle"]
+    again = task.load_data(saved, "val")  # as evaluate and predict load a run's data
+    assert task.class_names(again) == saved.data.names
+    for sample in again.samples:
+        ours = read_semantic_mask(sample.semantic_mask_path, again.mask_lut())
+        generated = read_semantic_mask(val / "masks" / sample.image_path.with_suffix(".png").name, again.mask_lut())
+        assert np.mean(ours == generated) > 0.98  # polygons vs drawn shapes differ only on edges
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "tflite"])
