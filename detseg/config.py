@@ -232,12 +232,14 @@ class _ModelSection(_Section):
 
     unused: ClassVar[tuple[str, ...]] = ()
     """Dotted keys of other sections this kind does not use: setting one to a non-default value is an error."""
+    input_multiple: ClassVar[int] = 32
+    """`input_size` must be a multiple of this (the total stride of the feature pyramid)."""
 
     @field_validator("input_size")
     @classmethod
-    def _input_multiple_of_32(cls, value: int) -> int:
-        if value % 32:
-            raise ValueError("must be a multiple of 32")
+    def _input_multiple(cls, value: int) -> int:
+        if value % cls.input_multiple:
+            raise ValueError(f"must be a multiple of {cls.input_multiple}")
         return value
 
 
@@ -262,7 +264,23 @@ class ClassifierModelConfig(_ModelSection):
             "(the original dense top of lenet5, alexnet, vgg16/19; fixed input size)."
         ),
     )
+    input_size: int = Field(
+        320, ge=8, description="Square model input side in pixels (any size: a classifier has no pyramid to align)."
+    )
+    grayscale: bool = Field(
+        False,
+        description="Turn the RGB input into one grey channel inside the model (networks designed on grayscale, e.g. fashion_cnn).",
+    )
+    aux_loss_weight: float | None = Field(
+        None,
+        ge=0,
+        description=(
+            "GoogLeNet only: add its two auxiliary classifiers, each loss weighted by this in "
+            "training (the paper used 0.3); null: none."
+        ),
+    )
 
+    input_multiple: ClassVar[int] = 1
     # Crops are classified whole: no boxes to keep visible, no mosaic; evaluation and
     # prediction report top-k classes, with no score threshold or NMS.
     unused: ClassVar[tuple[str, ...]] = (*_MOSAIC, *_BOX_VISIBILITY, *_DETECTION_POSTPROCESS, *_SEGMENTATION_PREDICT)
@@ -408,8 +426,11 @@ class FCNModelConfig(ClassifierModelConfig):
         return value
 
     # Crops (object crops squared with data.crop_padding, plus background) are classified
-    # whole: no boxes to keep visible, no mosaic; NMS is per class; no tiles.
+    # whole: no boxes to keep visible, no mosaic; NMS is per class; no tiles; the converted
+    # network has one output, so no auxiliary classifiers.
     unused: ClassVar[tuple[str, ...]] = (
+        "model.aux_loss_weight",
+        "model.grayscale",
         "data.crops",
         *_MOSAIC,
         *_BOX_VISIBILITY,
@@ -459,6 +480,18 @@ class AugmentConfig(_Section):
     rotate: float = Field(0.0, ge=0, le=180, description="Affine rotation range in degrees (+/-).")
     affine_p: float = Field(0.5, ge=0, le=1, description="Probability of the affine transform.")
     crop_p: float = Field(0.0, ge=0, le=1, description="Probability of a random-sized bbox-safe crop.")
+    elastic_p: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Probability of an elastic deformation (the U-Net paper's main augmentation; segmenters).",
+    )
+    elastic_alpha: float = Field(
+        40.0, gt=0, description="Elastic deformation: displacement scale in pixels (train.augment.elastic_p)."
+    )
+    elastic_sigma: float = Field(
+        6.0, gt=0, description="Elastic deformation: smoothness (Gaussian sigma, pixels) of the displacement field."
+    )
     brightness: float = Field(0.2, ge=0, description="Colour jitter: brightness range.")
     contrast: float = Field(0.2, ge=0, description="Colour jitter: contrast range.")
     saturation: float = Field(0.2, ge=0, description="Colour jitter: saturation range.")
@@ -480,7 +513,9 @@ class TrainConfig(_Section):
 
     epochs: int = Field(30, ge=1, description="Training epochs.")
     batch_size: int = Field(16, ge=1, description="Images per batch.")
-    optimizer: Literal["adam", "adamw", "sgd"] = Field("adamw", description="Optimiser.")
+    optimizer: Literal["adam", "adamw", "nadam", "sgd"] = Field(
+        "adamw", description="Optimiser (sgd: with train.momentum, Nesterov)."
+    )
     lr: float = Field(2e-3, gt=0, description="Peak learning rate.")
     weight_decay: float = Field(5e-4, ge=0, description="Weight decay (adamw, sgd).")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")

@@ -16,6 +16,7 @@ from detseg.backbones.alexnet import alexnet
 from detseg.backbones.applications import PREFIX as APPLICATIONS_PREFIX
 from detseg.backbones.applications import application_backbone, application_names
 from detseg.backbones.darknet import darknet53, darknet_tiny
+from detseg.backbones.fashion_cnn import fashion_cnn
 from detseg.backbones.googlenet import googlenet
 from detseg.backbones.lenet5 import lenet5
 from detseg.backbones.pyramid import feature_info
@@ -39,6 +40,7 @@ BACKBONES = {
     "se_resnet50": se_resnet50,
     "darknet53": darknet53,
     "darknet_tiny": darknet_tiny,
+    "fashion_cnn": fashion_cnn,
 }
 
 

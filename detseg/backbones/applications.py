@@ -1,9 +1,9 @@
 """`applications:<Name>`: any `keras.applications` model as a pyramid backbone.
 
 The model is built with `include_top=False`; P3/P4/P5 are the last layers at strides
-8/16/32. Inputs must be preprocessed the way the application expects (e.g.
-`keras.applications.resnet.preprocess_input`); some models (EfficientNet, ConvNeXt)
-include their own rescaling layers.
+8/16/32. Like every detseg backbone it takes RGB images in 0..1: an `ImagenetPreprocess`
+layer in front turns them into what the family's `preprocess_input` would give (caffe, tf or
+torch style, or 0..255 for the models that rescale inside).
 """
 
 import difflib
@@ -13,6 +13,7 @@ import os
 
 import keras
 
+from detseg.backbones.preprocess import ImagenetPreprocess, family_mode
 from detseg.backbones.pyramid import make_backbone
 from detseg.errors import DetsegError
 
@@ -44,12 +45,12 @@ def application_backbone(
         weights = os.fspath(weights)
         if not os.path.isfile(weights):
             raise DetsegError("weights file not found", weights)
-    app = _build(constructor, app_name, input_shape, weights)
-    layer_names = _probe_level_layer_names(app_name, input_shape[2])
-    levels = {level: app.get_layer(layer).output for level, layer in layer_names}
-    return make_backbone(
-        app.inputs[0], levels, name=name or f"applications_{app_name}", weights=None
-    )
+    images = keras.Input(tuple(input_shape), name="images")
+    preprocessed = ImagenetPreprocess(family_mode(constructor), name="imagenet_preprocess")(images)
+    app = _build(constructor, app_name, input_shape, weights, input_tensor=preprocessed)
+    layers = _own_layers(app)
+    levels = {level: layers[index].output for level, index in _probe_level_positions(app_name, input_shape[2])}
+    return make_backbone(images, levels, name=name or f"applications_{app_name}", weights=None)
 
 
 def _constructor(app_name: str):
@@ -63,9 +64,11 @@ def _constructor(app_name: str):
     return getattr(keras.applications, app_name)
 
 
-def _build(constructor, app_name: str, input_shape, weights) -> keras.Model:
+def _build(constructor, app_name: str, input_shape, weights, input_tensor=None) -> keras.Model:
     try:
-        return constructor(include_top=False, weights=weights, input_shape=tuple(input_shape))
+        return constructor(
+            include_top=False, weights=weights, input_shape=tuple(input_shape), input_tensor=input_tensor
+        )
     except ValueError as error:
         raise DetsegError(f"{PREFIX}{app_name}: {error}") from error
     except Exception as error:
@@ -78,13 +81,20 @@ def _build(constructor, app_name: str, input_shape, weights) -> keras.Model:
         raise
 
 
+def _own_layers(app: keras.Model) -> list:
+    """The application's own layers in graph order, without the input and our preprocessing."""
+    return [layer for layer in app.layers if not isinstance(layer, (keras.layers.InputLayer, ImagenetPreprocess))]
+
+
 @functools.cache
-def _probe_level_layer_names(app_name: str, channels: int) -> tuple:
-    """((level, layer name), ...) found once per application on a large random-weight probe,
-    where "valid" paddings barely move the map sizes off side / stride; the same layer
-    names then serve any input size."""
+def _probe_level_positions(app_name: str, channels: int) -> tuple:
+    """((level, position in `_own_layers`), ...) found once per application on a large
+    random-weight probe, where "valid" paddings barely move the map sizes off side / stride;
+    the same positions then serve any input size. Positions, not names: unnamed layers (e.g.
+    Xception's residual adds) get a new automatic name in every model built."""
     probe = _build(_constructor(app_name), app_name, (_PROBE_SIZE, _PROBE_SIZE, channels), None)
-    return tuple(_level_layer_names(probe).items())
+    position = {layer.name: i for i, layer in enumerate(_own_layers(probe))}
+    return tuple((level, position[name]) for level, name in _level_layer_names(probe).items())
 
 
 def _is_download_failure(error: Exception) -> bool:

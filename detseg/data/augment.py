@@ -51,6 +51,15 @@ def _transforms(cfg: AugmentConfig, task: Task) -> list[A.BasicTransform]:
                 p=cfg.affine_p,
             )
         )
+    if cfg.elastic_p:
+        steps.append(
+            A.ElasticTransform(
+                alpha=cfg.elastic_alpha,
+                sigma=cfg.elastic_sigma,
+                border_mode=cv2.BORDER_REFLECT_101,
+                p=cfg.elastic_p,
+            )
+        )
     if cfg.color_p:
         steps.append(
             A.ColorJitter(

@@ -56,6 +56,8 @@ def make_optimizer(train_cfg: TrainConfig, steps_per_epoch: int) -> keras.optimi
         return keras.optimizers.SGD(lr, momentum=train_cfg.momentum, nesterov=True, weight_decay=train_cfg.weight_decay)
     if train_cfg.optimizer == "adam":
         return keras.optimizers.Adam(lr)
+    if train_cfg.optimizer == "nadam":
+        return keras.optimizers.Nadam(lr)
     return keras.optimizers.AdamW(lr, weight_decay=train_cfg.weight_decay)
 
 

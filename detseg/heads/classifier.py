@@ -13,7 +13,7 @@ from keras import ops
 
 from detseg.backbones import get_backbone
 from detseg.errors import DetsegError
-from detseg.layers import RBFOutput, scale_channels
+from detseg.layers import RBFOutput, RGBToGrayscale, scale_channels
 
 BACKBONE_LAYER = "backbone"
 OUTPUT_LAYER = "predictions"
@@ -29,10 +29,25 @@ class ImageClassifier(keras.Model):
     """A functional classifier that owns its loss, so plain `compile(optimizer)` + `fit()` train it.
 
     The loss is sparse categorical cross-entropy of the probabilities `[B, C]` against integer
-    labels `[B]`, plus `AUX_LOSS_WEIGHT` times that of each auxiliary output (GoogLeNet's,
-    when the outputs are a dict), plus any layer losses (regularisers). It is built and saved
+    labels `[B]`, plus `aux_loss_weight` (default `AUX_LOSS_WEIGHT`) times that of each
+    auxiliary output (GoogLeNet's, when the outputs are a dict), plus any layer losses (regularisers). It is built and saved
     like any functional model (`ImageClassifier(inputs, outputs, name=...)`).
     """
+
+    def __init__(self, *args, aux_loss_weight: float = AUX_LOSS_WEIGHT, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.aux_loss_weight = float(aux_loss_weight)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "aux_loss_weight": self.aux_loss_weight}
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        weight = config.pop("aux_loss_weight", AUX_LOSS_WEIGHT)
+        model = super().from_config(config, custom_objects)
+        model.aux_loss_weight = float(weight)
+        return model
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         labels = ops.reshape(ops.cast(y, "int32"), (-1,))
@@ -45,7 +60,7 @@ class ImageClassifier(keras.Model):
                 loss = ops.sum(losses * weight) / ops.maximum(ops.sum(weight), 1e-9)
             else:
                 loss = ops.mean(losses)
-            total = total + (1.0 if name == OUTPUT_LAYER else AUX_LOSS_WEIGHT) * loss
+            total = total + (1.0 if name == OUTPUT_LAYER else self.aux_loss_weight) * loss
         if self.losses:
             total = total + ops.sum(self.losses)
         return total
@@ -72,12 +87,23 @@ def _dense_4096_top(x, num_classes: int, dropout: float, width: float):
     return keras.layers.Dense(num_classes, activation="softmax", name=OUTPUT_LAYER)(x)
 
 
+def _fashion_top(x, num_classes: int, dropout: float, width: float):
+    """The Fashion-MNIST CNN's top: flatten, dense 128 and 64 ReLU (each + dropout), softmax."""
+    x = keras.layers.Flatten(name="flatten")(x)
+    for i, units in enumerate((128, 64), start=1):
+        x = keras.layers.Dense(scale_channels(units, width), activation="relu", name=f"fc{i}")(x)
+        if dropout:
+            x = keras.layers.Dropout(dropout, name=f"dropout{i}")(x)
+    return keras.layers.Dense(num_classes, activation="softmax", name=OUTPUT_LAYER)(x)
+
+
 # name -> (top builder, backbone arguments that reproduce the paper's layer table)
 PAPER_TOPS = {
     "lenet5": (_lenet5_top, {"padding": "valid"}),
     "alexnet": (_dense_4096_top, {"padding": "valid"}),
     "vgg16": (_dense_4096_top, {}),
     "vgg19": (_dense_4096_top, {}),
+    "fashion_cnn": (_fashion_top, {}),
 }
 
 
@@ -109,6 +135,8 @@ def build_classifier(
     top: str = "gap",
     *,
     aux_classifiers: bool = False,
+    aux_loss_weight: float = AUX_LOSS_WEIGHT,
+    grayscale: bool = False,
     **backbone_kwargs,
 ) -> keras.Model:
     """Backbone `name` (see `detseg.backbones.get_backbone`) + a softmax classification top.
@@ -118,8 +146,9 @@ def build_classifier(
     `dropout` is applied before the output layer (and after each hidden dense layer of a
     paper top; the papers used 0.5 for AlexNet/VGG and 0.4 for GoogLeNet). With
     `aux_classifiers=True` (GoogLeNet only) the outputs are a dict
-    `{"predictions", "aux_4a", "aux_4d"}`, whose losses count `AUX_LOSS_WEIGHT` each.
-    `backbone_kwargs` (e.g. `width`) go to the backbone builder.
+    `{"predictions", "aux_4a", "aux_4d"}`, whose losses count `aux_loss_weight` each.
+    `grayscale=True` converts the RGB input to one grey channel (`RGBToGrayscale`) in front
+    of a one-channel backbone. `backbone_kwargs` (e.g. `width`) go to the backbone builder.
     """
     _validate(name, input_shape, num_classes, dropout, top, aux_classifiers)
     width = backbone_kwargs.get("width", 1.0)
@@ -129,11 +158,12 @@ def build_classifier(
     if aux_classifiers:
         backbone_kwargs["aux_outputs"] = True
     # === Layers ===
+    backbone_shape = (*tuple(input_shape)[:2], 1) if grayscale else input_shape
     backbone = get_backbone(
-        name, input_shape, weights=weights, name=BACKBONE_LAYER, **backbone_kwargs
+        name, backbone_shape, weights=weights, name=BACKBONE_LAYER, **backbone_kwargs
     )
     inputs = keras.Input(input_shape, name="image")
-    features = backbone(inputs)
+    features = backbone(RGBToGrayscale(name="grayscale")(inputs) if grayscale else inputs)
     deepest = features[list(backbone.feature_info)[-1]]
     if top == "paper":
         outputs = top_builder(deepest, num_classes, dropout, width)
@@ -144,7 +174,9 @@ def build_classifier(
         for key in ("4a", "4d"):
             outputs[f"aux_{key}"] = _aux_classifier(features[f"aux_{key}"], num_classes, width, key)
     # === Functional Model ===
-    return ImageClassifier(inputs, outputs, name=f"{name.replace(':', '_')}_classifier")
+    return ImageClassifier(
+        inputs, outputs, name=f"{name.replace(':', '_')}_classifier", aux_loss_weight=aux_loss_weight
+    )
 
 
 def _validate(name, input_shape, num_classes, dropout, top, aux_classifiers) -> None:

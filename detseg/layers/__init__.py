@@ -1,9 +1,11 @@
 """The classic CNN layers: AlexNet's LRN, LeNet-5's subsampling and RBF output,
-depthwise max pooling, inception modules, residual units, SE blocks, separable blocks.
+depthwise max pooling, inception modules, residual units, SE blocks, separable blocks, and
+RGB -> grayscale for networks designed on one channel.
 
 Every layer is registered as "detseg>Name" for `.keras` loading.
 """
 
+from detseg.layers.color import RGBToGrayscale
 from detseg.layers.conv import activation_layer, batch_norm, conv_bn_act, scale_channels
 from detseg.layers.inception import InceptionModule
 from detseg.layers.lrn import LocalResponseNormalization
@@ -19,6 +21,7 @@ __all__ = [
     "InceptionModule",
     "LocalResponseNormalization",
     "RBFOutput",
+    "RGBToGrayscale",
     "ResidualUnit",
     "SEBlock",
     "SeparableConvBlock",

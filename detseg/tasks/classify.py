@@ -88,6 +88,9 @@ class ClassifyTask(Task):
             weights=model_cfg.weights,
             dropout=model_cfg.dropout,
             top=model_cfg.top,
+            aux_classifiers=model_cfg.aux_loss_weight is not None,
+            aux_loss_weight=model_cfg.aux_loss_weight or 0.0,
+            grayscale=model_cfg.grayscale,
             **self.backbone_kwargs(cfg),
         )
 

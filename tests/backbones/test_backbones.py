@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 
 from detseg.backbones import BACKBONES, feature_info, get_backbone
+from detseg.backbones.preprocess import FAMILY_MODES, ImagenetPreprocess
 from detseg.errors import DetsegError
 
 # The papers' channels per level at width 1.0 (stride = 2**level).
 PAPER_CHANNELS = {
     "lenet5": {"P1": 6, "P2": 16},  # S2, S4
+    "fashion_cnn": {"P1": 64, "P2": 128, "P3": 256},  # the three max pools
     "alexnet": {"P3": 256, "P4": 256, "P5": 256},  # conv2 + LRN, conv5, pool3
     "googlenet": {"P3": 480, "P4": 832, "P5": 1024},  # inception 3b, 4e, 5b
     "vgg16": {"P3": 256, "P4": 512, "P5": 512},  # block3..5 pools
@@ -188,10 +190,30 @@ def test_application_accepts_a_local_weights_file(tmp_path):
     path = tmp_path / "mobilenet.weights.h5"
     source.save_weights(path)
     model = get_backbone("applications:MobileNetV2", (64, 64, 3), weights=str(path))
-    x = np.random.default_rng(2).uniform(-1, 1, (1, 64, 64, 3)).astype("float32")
+    x = np.random.default_rng(2).uniform(0, 1, (1, 64, 64, 3)).astype("float32")  # detseg's input
     np.testing.assert_allclose(
         keras.ops.convert_to_numpy(model(x)["P5"]),
-        keras.ops.convert_to_numpy(source(x)),
+        keras.ops.convert_to_numpy(source(keras.applications.mobilenet_v2.preprocess_input(x * 255.0))),
         rtol=1e-5,
         atol=1e-6,
     )
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_MODES))
+def test_imagenet_preprocess_matches_the_familys_preprocess_input(family):
+    """On 0..1 images, the layer gives what keras.applications.<family>.preprocess_input gives
+    on the same images in 0..255 (caffe BGR mean, tf -1..1, torch mean/std, or pass-through)."""
+    x = np.random.default_rng(3).uniform(0, 1, (2, 5, 7, 3)).astype("float32")
+    expected = getattr(keras.applications, family).preprocess_input(x * 255.0)
+    layer = ImagenetPreprocess(FAMILY_MODES[family])
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(x)), keras.ops.convert_to_numpy(expected), rtol=1e-5, atol=1e-4)
+    assert ImagenetPreprocess.from_config(layer.get_config()).mode == FAMILY_MODES[family]
+
+
+def test_every_application_family_has_a_known_preprocessing():
+    from detseg.backbones.applications import application_names
+    from detseg.backbones.preprocess import family_mode
+
+    modes = {name: family_mode(getattr(keras.applications, name)) for name in application_names()}
+    assert modes["ResNet50"] == "caffe" and modes["Xception"] == "tf" and modes["DenseNet121"] == "torch"
+    assert modes["EfficientNetB0"] == "none"

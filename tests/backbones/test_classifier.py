@@ -189,3 +189,42 @@ def test_classifier_keras_round_trip_keeps_the_backbone(tmp_path, forward):
     assert feature_info(loaded.get_layer("backbone")) == {"P1": (2, 6), "P2": (4, 16)}
     set_backbone_trainable(loaded, False)
     assert not loaded.get_layer("backbone").trainable_weights
+
+
+def test_googlenet_auxiliary_loss_weight_comes_from_the_config_and_survives_saving(tmp_path):
+    from detseg.config import load_config
+    from detseg.tasks import TASKS
+
+    cfg = load_config(None, {"model.kind": "classifier", "model.backbone": "googlenet", "model.backbone_width": 0.25, "model.input_size": 96, "model.aux_loss_weight": 0.5})
+    model = TASKS["classifier"].build_model(cfg, 3)
+    assert set(model.output) == {"predictions", "aux_4a", "aux_4d"}
+    rng = np.random.default_rng(0)
+    probs = {k: rng.dirichlet(np.ones(3), 4).astype("float32") for k in model.output}
+    labels = np.array([0, 2, 1, 2])
+
+    def cross_entropy(p):
+        return float(np.mean(-np.log(p[np.arange(4), labels])))
+
+    expected = cross_entropy(probs["predictions"]) + 0.5 * (cross_entropy(probs["aux_4a"]) + cross_entropy(probs["aux_4d"]))
+    loss = model.compute_loss(y=labels, y_pred=probs)
+    assert float(keras.ops.convert_to_numpy(loss)) == pytest.approx(expected, rel=1e-5)
+    model.save(tmp_path / "g.keras")
+    assert keras.saving.load_model(tmp_path / "g.keras").aux_loss_weight == 0.5
+    plain = TASKS["classifier"].build_model(load_config(None, {"model.kind": "classifier", "model.backbone": "googlenet", "model.backbone_width": 0.25, "model.input_size": 96}), 3)
+    assert not isinstance(plain.output, dict)  # null: no auxiliary classifiers
+
+
+def test_fashion_cnn_has_the_chapters_parameter_count():
+    """The chapter's model on 28x28x1 inputs and 10 classes, layer by layer."""
+    from detseg.config import load_config
+    from detseg.tasks import TASKS
+
+    model = TASKS["classifier"].build_model(load_config("configs/fashion_cnn.yaml"), 10)
+    convs = (7 * 7 * 1 + 1) * 64 + (3 * 3 * 64 + 1) * 128 + (3 * 3 * 128 + 1) * 128
+    convs += (3 * 3 * 128 + 1) * 256 + (3 * 3 * 256 + 1) * 256
+    flat = 3 * 3 * 256  # 28 -> 14 -> 7 -> 3 after the three 2x2 poolings
+    dense = (flat + 1) * 128 + (128 + 1) * 64 + (64 + 1) * 10
+    assert convs + dense == 1_413_834
+    assert model.count_params() == 1_413_834
+    assert model.input_shape == (None, 28, 28, 3)  # RGB in, one grey channel inside
+    assert model.get_layer("backbone").input_shape == (None, 28, 28, 1)

@@ -133,6 +133,20 @@ def test_segmentation_fills_uncovered_mask_pixels_with_ignore():
         aug(image, boxes, labels, np.zeros((3,) + image.shape[:2], np.uint8))
 
 
+def test_elastic_deformation_bends_image_and_mask_alike():
+    image, boxes, labels, masks = _scene()
+    semantic = np.zeros(image.shape[:2], np.uint8)
+    for i, mask in enumerate(masks):
+        semantic[mask > 0] = i + 1
+    aug = build_augment(AugmentConfig(**OFF, elastic_p=1.0, elastic_alpha=60.0, elastic_sigma=5.0), task="segmentation")
+    out, _, _, out_mask = aug(image, boxes, labels, semantic, seed=3)
+    assert (out_mask != semantic).mean() > 0.01  # the shapes' outlines really moved
+    # the image's value at each pixel still names the mask's class there (interpolated edges aside)
+    value_of_class = np.array([30, 200, 220, 240])
+    assert (np.abs(out[..., 0].astype(int) - value_of_class[out_mask]) < 10).mean() > 0.97
+    assert set(np.unique(out_mask)) <= {0, 1, 2, 3}  # nearest neighbour: no blended labels
+
+
 def test_to_dict_round_trips_through_the_config():
     image, boxes, labels, _ = _scene()
     aug = build_augment(AugmentConfig(rotate=15, crop_p=0.5, blur_p=0.5))

@@ -378,3 +378,54 @@ def test_cli_train_evaluate_predict_on_an_image_folder(tmp_path):
     # the bottom-left corner
     assert bright.shape == (240, 320, 3) and bright[100:140, -40:].mean() > 150
     assert bright[-3:, :10].mean() < 60
+
+
+def test_fashion_recipe_trains_on_a_grayscale_28px_image_folder(tmp_path):
+    """configs/fashion_cnn.yaml on generated 28x28 grayscale PNGs: horizontal vs vertical
+    stripes vs flat grey, told apart after a few epochs (chance: 1/3)."""
+    rng = np.random.default_rng(0)
+    rows = np.arange(28)[:, None] % 6 < 3
+    patterns = {"horizontal": np.broadcast_to(rows, (28, 28)), "vertical": np.broadcast_to(rows.T, (28, 28)), "flat": np.zeros((28, 28), bool)}
+    for split, count in (("train", 16), ("val", 6)):
+        for name, pattern in patterns.items():
+            for i in range(count):
+                image = np.clip(np.where(pattern, 200, 80) + rng.normal(0, 20, (28, 28)), 0, 255).astype(np.uint8)
+                (tmp_path / split / name).mkdir(parents=True, exist_ok=True)
+                assert cv2.imwrite(str(tmp_path / split / name / f"{i}.png"), image)  # one channel
+    overrides = {"data.root": str(tmp_path), "data.workers": 0, "out_dir": str(tmp_path / "runs"), "train.epochs": 6, "train.batch_size": 16}
+    run = train(load_config("configs/fashion_cnn.yaml", overrides))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["accuracy"] >= 0.9, metrics["accuracy"]
+
+
+def _xception_transfer(tmp_path: Path, **overrides):
+    """configs/xception_transfer.yaml on a tiny image folder at 75 px (Xception's smallest
+    input is 71), starting from random Xception weights saved to a local file."""
+    source = keras.applications.Xception(include_top=False, weights=None, input_shape=(75, 75, 3))
+    weights = tmp_path / "xception_notop.weights.h5"
+    source.save_weights(weights)
+    make_imagefolder(tmp_path / "data" / "train", 4, seed=0)
+    make_imagefolder(tmp_path / "data" / "val", 2, seed=1)
+    values = {"data.root": str(tmp_path / "data"), "data.workers": 0, "model.weights": str(weights), "model.input_size": 75, "out_dir": str(tmp_path / "runs"), **overrides}
+    return source, load_config("configs/xception_transfer.yaml", values)
+
+
+def test_xception_transfer_recipe_starts_from_a_local_weights_file(tmp_path):
+    from detseg.tasks import TASKS
+
+    source, cfg = _xception_transfer(tmp_path)
+    model = TASKS["classifier"].build_model(cfg, 2)
+    backbone = model.get_layer("backbone")
+    for ours, theirs in zip(backbone.weights, source.weights, strict=True):  # same layers, same order
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(ours), keras.ops.convert_to_numpy(theirs))
+    assert backbone.get_layer("imagenet_preprocess").mode == "tf"  # Xception: -1..1
+
+
+@pytest.mark.slow  # Xception trains at ~1 s per step here
+def test_xception_transfer_recipe_freezes_then_fine_tunes(tmp_path):
+    _, cfg = _xception_transfer(tmp_path, **{"train.epochs": 2, "train.freeze_backbone_epochs": 1, "train.batch_size": 4})
+    recorder = PhaseRecorder()
+    train(cfg, callbacks=[recorder])
+    (bb0, _), (bb1, _), (bb2, _) = recorder.begin[0], recorder.end[0], recorder.end[1]
+    assert all_equal(bb0, bb1) and none_equal(bb1, bb2)
+    assert recorder.lr == [pytest.approx(0.1), pytest.approx(0.01)]

@@ -26,6 +26,26 @@ def test_time_budget_rate_by_hand():
     assert flat.rate(0.9) == 1.0
 
 
+@pytest.mark.parametrize(
+    ("name", "cls", "options"),
+    [
+        ("adam", keras.optimizers.Adam, {}),
+        ("adamw", keras.optimizers.AdamW, {"weight_decay": 0.01}),
+        ("nadam", keras.optimizers.Nadam, {}),
+        ("sgd", keras.optimizers.SGD, {"momentum": 0.9, "nesterov": True}),
+    ],
+)
+def test_the_configured_optimiser_is_built(name, cls, options):
+    from detseg.engine.train import make_optimizer
+
+    cfg = load_config(None, {"train.optimizer": name, "train.schedule": "constant", "train.warmup_epochs": 0, "train.lr": 0.01, "train.momentum": 0.9, "train.weight_decay": 0.01})
+    optimizer = make_optimizer(cfg.train, steps_per_epoch=10)
+    assert type(optimizer) is cls
+    assert float(keras.ops.convert_to_numpy(optimizer.learning_rate)) == pytest.approx(0.01)
+    for key, value in options.items():
+        assert getattr(optimizer, key) == pytest.approx(value), key
+
+
 def test_time_budget_continues_where_a_resumed_run_stopped():
     sched = TimeBudgetSchedule(minutes=2, lr=1.0, schedule="cosine", warmup=0.0, spent_minutes=1.0)
     sched.on_train_begin()
