@@ -8,10 +8,10 @@ Usage: .venv/bin/python benchmarks/bench_backbones.py [--side 320] [--repeats 20
 """
 
 import argparse
-import time
 
 import keras
 import numpy as np
+from timing import median_seconds
 
 from detseg.heads.classifier import build_classifier
 
@@ -21,16 +21,6 @@ CANDIDATES = {
     "resnet18": {"name": "resnet18"},
     "peer: applications:MobileNetV2": {"name": "applications:MobileNetV2"},
 }
-
-
-def _median_seconds(step, repeats: int) -> float:
-    step()  # compile / warm up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def main() -> None:
@@ -47,8 +37,8 @@ def main() -> None:
         spec = dict(spec)
         model = build_classifier(spec.pop("name"), (args.side, args.side, 3), 3, **spec)
         model.compile(keras.optimizers.SGD(0.01), "sparse_categorical_crossentropy")
-        infer = _median_seconds(lambda m=model: m.predict_on_batch(one), args.repeats)
-        train = _median_seconds(
+        infer = median_seconds(lambda m=model: m.predict_on_batch(one), args.repeats)
+        train = median_seconds(
             lambda m=model: m.train_on_batch(batch, labels), max(3, args.repeats // 4)
         )
         results[label] = (model.count_params(), infer * 1000, 8 / train)

@@ -12,26 +12,15 @@ with `padding: valid`; with "same" padding the FCN's cells also see pixels aroun
 from __future__ import annotations
 
 import argparse
-import time
 
 import keras
 import numpy as np
+from timing import median_seconds
 
 from detseg.config import load_config
 from detseg.heads.fcn import naive_sliding_windows, to_fully_convolutional, total_stride
 from detseg.quiet import start_backend_quietly
 from detseg.tasks import TASKS
-
-
-def median_seconds(fn, repeats: int) -> float:
-    """Median wall seconds of `fn()` after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def main() -> None:

@@ -17,23 +17,13 @@ import time
 
 import keras
 import numpy as np
+from timing import median_seconds
 
 from detseg.config import load_config, parse_override
 from detseg.data import load_split, read_image, training_loader
 from detseg.heads import Detector, build_yolo
 from detseg.quiet import start_backend_quietly
 from detseg.tasks.detect import anchor_list, fit_config_anchors
-
-
-def seconds_per_call(fn, repeats: int) -> float:
-    """Median wall seconds of `fn()` after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def main() -> None:
@@ -53,8 +43,8 @@ def main() -> None:
     steps = min(args.steps, len(loader))
     ready = [loader[i] for i in range(steps)]
 
-    loader_s = seconds_per_call(lambda: [loader[i] for i in range(steps)], 1) / steps
-    model_s = seconds_per_call(lambda: [model.train_on_batch(x, y) for x, y in ready], 1) / steps
+    loader_s = median_seconds(lambda: [loader[i] for i in range(steps)], 1) / steps
+    model_s = median_seconds(lambda: [model.train_on_batch(x, y) for x, y in ready], 1) / steps
     start = time.perf_counter()
     model.fit(loader, epochs=1, steps_per_epoch=steps, shuffle=False, verbose=0)
     fit_s = (time.perf_counter() - start) / steps
@@ -62,13 +52,13 @@ def main() -> None:
     peer = keras.applications.MobileNetV2(input_shape=(size, size, 3), weights=None, classes=3)
     peer.compile(keras.optimizers.AdamW(cfg.train.lr), "sparse_categorical_crossentropy")
     labels = np.arange(batch) % 3
-    peer_s = seconds_per_call(lambda: peer.train_on_batch(ready[0][0], labels), max(3, steps // 4))
+    peer_s = median_seconds(lambda: peer.train_on_batch(ready[0][0], labels), max(3, steps // 4))
 
     frames = [read_image(s.image_path) for s in train_ds.samples[:batch]]
     detector = Detector(model, score_thr=cfg.predict.score_thr, iou_thr=cfg.predict.iou_thr, batch_size=batch)
-    one_s = seconds_per_call(lambda: detector(frames[:1]), 20)
-    many_s = seconds_per_call(lambda: detector(frames), 5) / batch
-    predict_s = seconds_per_call(lambda: model.predict(ready[0][0][:1], verbose=0), 10)
+    one_s = median_seconds(lambda: detector(frames[:1]), 20)
+    many_s = median_seconds(lambda: detector(frames), 5) / batch
+    predict_s = median_seconds(lambda: model.predict(ready[0][0][:1], verbose=0), 10)
 
     print(f"backend {keras.backend.backend()}, {size} px, batch {batch}, {steps} steps, params {model.count_params():,}")
     print("training (img/s)")

@@ -179,6 +179,9 @@ class Augmenter:
         return out["image"], new_boxes, new_labels, new_masks
 
 
-def build_augment(aug_cfg: AugmentConfig, task: Task = "detection") -> Augmenter:
-    """The training augmentation described by `aug_cfg` (see the module docstring)."""
+def build_augment(aug_cfg: AugmentConfig, task: Task = "detection") -> Augmenter | None:
+    """The training augmentation described by `aug_cfg` (see the module docstring), or None
+    when every transform is switched off (the loaders then pass images through as they are)."""
+    if aug_cfg.albumentations is None and not _transforms(aug_cfg, task):
+        return None
     return Augmenter(_pipeline(aug_cfg, task), task)

@@ -166,3 +166,8 @@ def test_empty_images_and_bad_pipelines():
         build_augment(
             AugmentConfig(albumentations={"transform": {"__class_fullname__": "NoSuchTransform"}})
         )
+
+
+def test_no_transform_asked_means_no_augmenter():
+    assert build_augment(AugmentConfig(**OFF)) is None  # loaders pass images through unchanged
+    assert build_augment(AugmentConfig(**OFF, vflip=1.0)) is not None

@@ -380,6 +380,7 @@ def test_cli_train_evaluate_predict_on_an_image_folder(tmp_path):
     assert bright[-3:, :10].mean() < 60
 
 
+@pytest.mark.slow  # ~10 s; the default run builds the recipe (test_fashion_cnn_has_the_chapters_parameter_count)
 def test_fashion_recipe_trains_on_a_grayscale_28px_image_folder(tmp_path):
     """configs/fashion_cnn.yaml on generated 28x28 grayscale PNGs: horizontal vs vertical
     stripes vs flat grey, told apart after a few epochs (chance: 1/3)."""
