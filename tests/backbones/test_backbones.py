@@ -84,7 +84,9 @@ def test_backbone_pyramid_and_keras_round_trip(name, tmp_path, forward):
 
 # Under JAX every distinct weight shape compiles its own random initialiser (~0.3 s each on
 # a 2-core CPU), so the nets with many distinct convs build slowly there: 10-60 s each.
-SLOW_UNDER_JAX = {"googlenet", "xception", "resnet50", "se_resnet50", "applications:MobileNetV2"}
+SLOW_UNDER_JAX = {
+    "googlenet", "xception", "resnet50", "se_resnet50", "darknet53", "fashion_cnn", "applications:MobileNetV2"
+}  # fmt: skip
 
 
 @pytest.mark.jax
