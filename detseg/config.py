@@ -261,7 +261,7 @@ class ClassifierModelConfig(_ModelSection):
         "gap",
         description=(
             "Classifier top: 'gap' (global average pooling + softmax, any backbone) or 'paper' "
-            "(the original dense top of lenet5, alexnet, vgg16/19; fixed input size)."
+            "(the original dense top of lenet5, alexnet, vgg16/19, fashion_cnn; fixed input size)."
         ),
     )
     input_size: int = Field(

@@ -28,13 +28,18 @@ BACKGROUND = "background"
 log = logging.getLogger("detseg")
 
 
+def _segmented(sample: Sample) -> np.ndarray:
+    """`[N]` bool: which of a sample's objects have a segmentation (polygons or RLE)."""
+    return np.array([bool(seg) for seg in (sample.masks or [None] * sample.num_boxes)], bool).reshape(-1)
+
+
 def semantic_mask(sample: Sample) -> np.ndarray:
     """The `[H, W]` uint8 class map of a sample's instance segmentations (see the module)."""
     out = np.zeros((sample.height, sample.width), np.uint8)
     masks = decode_instance_masks(sample).astype(bool)
-    segmented = [bool(m) for m in sample.masks] if sample.masks else [False] * sample.num_boxes
+    segmented = _segmented(sample)
     crowd = sample.iscrowd if sample.iscrowd is not None else np.zeros(sample.num_boxes, bool)
-    for i in np.flatnonzero(~np.asarray(segmented, bool)):  # boxes only: pixels unknown
+    for i in np.flatnonzero(~segmented):  # boxes only: pixels unknown
         x0, y0, x1, y1 = np.round(sample.boxes[i]).astype(int)
         out[y0:y1, x0:x1] = IGNORE_INDEX
     area = masks.reshape(len(masks), -1).sum(1)
@@ -57,13 +62,13 @@ def with_semantic_masks(dataset: Dataset, cache_dir: str | Path, source: str | P
     """`dataset` with a semantic mask PNG per sample (rasterised once into `cache_dir`), its
     mask classes "background" + its class names. Raises DetsegError when no object of the
     dataset has a segmentation (`source` names it); objects without one are counted in a log line."""
-    if not any(seg for s in dataset.samples for seg in (s.masks or [])):
+    if not any(_segmented(s).any() for s in dataset.samples):
         raise DetsegError("a segmenter needs masks, and no object here has a segmentation (polygons or RLE)", source)
     folder = Path(cache_dir) / "semantic"
     folder.mkdir(parents=True, exist_ok=True)
     samples, unsegmented = [], 0
     for sample in dataset.samples:
-        unsegmented += sum(1 for seg in (sample.masks or [None] * sample.num_boxes) if not seg)
+        unsegmented += int((~_segmented(sample)).sum())
         path = folder / _cache_name(sample)
         if not path.is_file():
             tmp = path.with_suffix(".tmp.png")
