@@ -317,3 +317,46 @@ def test_json_with_a_byte_order_mark_loads(tmp_path):
     path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # as some Windows tools save JSON
     assert len(load_coco(path, check_images=False)) == 1
 
+
+# === A corrupt image met by a loader worker during training ===
+
+
+def _corrupt_pixels(path: Path) -> None:
+    """Keep the PNG header (so loading the annotations passes) but break the pixel data."""
+    data = bytearray(path.read_bytes())
+    data[60:80] = bytes(20)
+    path.write_bytes(bytes(data))
+
+
+def _fit_on(dataset, strict: bool):
+    """Two epochs of a tiny model on batches of `dataset` made by two loader worker threads."""
+    import keras
+
+    loader = DetectionLoader(
+        dataset, 32, 2, encoder=lambda boxes, labels: np.zeros((len(boxes), 1), np.float32),
+        shuffle=True, workers=2, strict=strict,
+    )  # fmt: skip
+    model = keras.Sequential(
+        [keras.Input((32, 32, 3)), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(1)]
+    )
+    model.compile(optimizer="sgd", loss="mse")
+    return model.fit(loader, epochs=2, shuffle=False, verbose=0)
+
+
+@pytest.mark.parametrize("strict", [True, False], ids=["strict", "lenient"])
+def test_a_corrupt_image_met_by_a_loader_worker(tmp_path, strict):
+    images = [{"id": i, "file_name": f"{i}.png", "width": 40, "height": 30} for i in range(4)]
+    for i in range(4):
+        write_image(tmp_path / f"{i}.png", 40, 30, seed=i)
+    _corrupt_pixels(tmp_path / "2.png")
+    dataset = load_coco(_coco(images, [], tmp_path / "c.json"))  # headers are fine
+    if strict:
+        with pytest.raises(DetsegError, match="image does not decode") as exc:
+            _fit_on(dataset, strict)
+        _one_line_error(exc, tmp_path / "2.png")
+    else:
+        history = _fit_on(dataset, strict)
+        assert len(history.history["loss"]) == 2  # training went on
+        reason = "image skipped by the loader: image does not decode (corrupt or not an image)"
+        assert dataset.summary.skipped == {reason: 1}  # counted once, not once per epoch
+        assert dataset.summary.examples[reason] == [str(tmp_path / "2.png")]
