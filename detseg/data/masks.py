@@ -30,7 +30,7 @@ def read_mask(path: str | Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             values = np.asarray(im)
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise DetsegError(f"mask does not decode ({exc.__class__.__name__})", path) from None
     if values.ndim == 3:
         if not (values[..., :3] == values[..., :1]).all():
