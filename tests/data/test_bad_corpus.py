@@ -355,3 +355,17 @@ def test_the_corpus_covers_every_reader_and_kind_of_defect():
     assert len({c.id for c in CASES}) == len(CASES)
     prefixes = {c.id.split("-")[0] for c in CASES}
     assert {"image", "voc", "coco", "yolo", "via", "mask", "config", "model"} <= prefixes
+
+
+def test_convert_stops_at_a_bad_item_and_with_lenient_skips_and_reports_it(tmp_path, capsys):
+    """`detseg convert` reads strict like training; `--lenient` converts the rest and says what it left out."""
+    voc(_obj("cat", (30, 5, 25, 9)))(tmp_path)
+    args = ["convert", "--from", "voc", "--to", "coco", str(tmp_path / "voc"), str(tmp_path / "out.json")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"detseg: error: {tmp_path}/voc/a.xml: inverted box") and err.count("\n") == 1
+    assert not (tmp_path / "out.json").exists()
+    assert main([*args, "--lenient"]) == 0
+    out = capsys.readouterr().out
+    assert "voc -> coco: 2 images, 1 boxes written" in out
+    assert "skipped 1 x inverted box (x2<x1 or y2<y1) (e.g. a.xml)" in out
