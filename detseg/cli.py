@@ -136,7 +136,9 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     from detseg.data import convert
 
     names = args.names.split(",") if args.names else None
-    report = convert(args.src_format, args.dst_format, args.src, args.dst, images=args.images, names=names)
+    report = convert(
+        args.src_format, args.dst_format, args.src, args.dst, images=args.images, names=names, strict=not args.lenient
+    )
     print(report)
     return EXIT_OK
 
@@ -228,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dst", help="destination (file or folder)")
     p.add_argument("--images", help="image folder (needed by YOLO and VIA sources for image sizes)")
     p.add_argument("--names", help="comma-separated class names (YOLO source)")
+    p.add_argument(
+        "--lenient", action="store_true", help="skip and count bad items instead of stopping at the first"
+    )
 
     p = add("export", _cmd_export, "export a model with decoding and NMS inside")
     p.add_argument("model", help="run folder or .keras model")

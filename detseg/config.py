@@ -144,6 +144,15 @@ class DataConfig(_Section):
     check_images: bool = Field(
         True, description="Check when loading that every image exists and its header size matches the annotation."
     )
+    strict: bool = Field(
+        True,
+        description=(
+            "Loading mode. True: any bad item (a box that is inverted or outside its image, an annotation of an "
+            "unknown image or class, an unreadable image, met when loading or by a loader worker) stops with one "
+            "line naming the file. False: such items are skipped and counted in the dataset summary, and training "
+            "goes on. Boxes overshooting the border are clipped and counted in both modes."
+        ),
+    )
     cache_dir: str = Field(
         ".cache/detseg", description="Where generated datasets are written once and then reused."
     )

@@ -10,4 +10,5 @@ class DetsegError(Exception):
 
     def __init__(self, message: str, path: "str | None" = None):
         self.path = None if path is None else str(path)
+        self.problem = message  # the problem alone, without the path (for counted skips)
         super().__init__(f"{self.path}: {message}" if self.path else message)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from detseg.data.files import read_json, relative_name, write_json
+from detseg.data.files import image_in_folder, read_json, relative_name, write_json
 from detseg.data.images import image_size
 from detseg.data.sample import Dataset, Sample, Summary, sanitize_boxes
 from detseg.errors import DetsegError
@@ -34,7 +34,7 @@ def _categories(doc: dict[str, Any], path: Path) -> tuple[list[int], list[str]]:
     cats = _require_list(doc, "categories", path)
     try:
         pairs = sorted((int(c["id"]), str(c["name"])) for c in cats)
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, OverflowError):
         raise DetsegError("every category needs an integer 'id' and a 'name'", path) from None
     ids = [i for i, _ in pairs]
     dup = sorted(i for i, n in Counter(ids).items() if n > 1)
@@ -43,19 +43,24 @@ def _categories(doc: dict[str, Any], path: Path) -> tuple[list[int], list[str]]:
     return ids, [name for _, name in pairs]
 
 
-def _image_table(doc: dict[str, Any], path: Path) -> list[dict[str, Any]]:
-    images = _require_list(doc, "images", path)
-    try:
-        ids = [im["id"] for im in images]
-    except (KeyError, TypeError):
-        raise DetsegError("every image needs an 'id'", path) from None
-    dup = [i for i, n in Counter(ids).items() if n > 1]
-    if dup:
-        raise DetsegError(
-            f"duplicated image id(s) {sorted(dup, key=str)[:5]} ({len(dup)} ids used more than once)",
-            path,
-        )
-    return images
+def _key(value: Any) -> int | str | None:
+    """An id usable as a key (an integer or a text), else None."""
+    return value if isinstance(value, (int, str)) and not isinstance(value, bool) else None
+
+
+def _image_table(doc: dict[str, Any], path: Path, summary: Summary) -> list[dict[str, Any]]:
+    """The image entries with a usable, unique 'id' (others are errors, or skipped when lenient)."""
+    kept, seen = [], set()
+    for n, im in enumerate(_require_list(doc, "images", path)):
+        image_id = _key(im.get("id")) if isinstance(im, dict) else None
+        if image_id is None:
+            summary.skip("image entry without an integer or text 'id'", f"{path.name} image #{n}")
+        elif image_id in seen:
+            summary.skip("duplicated image id", f"{path.name} image #{n} (id {image_id!r})")
+        else:
+            seen.add(image_id)
+            kept.append(im)
+    return kept
 
 
 def _bbox_from_segmentation(seg: Any, height: int, width: int) -> list[float] | None:
@@ -64,42 +69,79 @@ def _bbox_from_segmentation(seg: Any, height: int, width: int) -> list[float] | 
         rles = mask_utils.frPyObjects(seg, height, width)
         rle = mask_utils.merge(rles) if isinstance(rles, list) else rles
         return [float(v) for v in mask_utils.toBbox(rle)]
-    except (TypeError, ValueError, KeyError, IndexError):
+    except Exception:  # pycocotools raises bare Exception for unsupported input
         return None
 
 
 def _sized_image(
-    im: dict[str, Any], image_dir: Path, check_images: bool, path: Path
+    im: dict[str, Any], image_dir: Path, check_images: bool, where: str
 ) -> tuple[Path, int, int]:
-    """The image's path and size, checked against its header when `check_images`."""
+    """The image's path (inside `image_dir`) and size, checked against its header when `check_images`."""
     name = im.get("file_name")
-    if not isinstance(name, str):
-        raise DetsegError(f"image id {im['id']!r} has no 'file_name'", path)
-    image_path = image_dir / name
-    width, height = im.get("width"), im.get("height")
+    if not isinstance(name, str) or not name:
+        raise DetsegError("image entry has no 'file_name'", where)
+    image_path = image_in_folder(image_dir, name, where)
+    try:
+        width, height = (None if im.get(k) is None else int(im[k]) for k in ("width", "height"))
+    except (TypeError, ValueError, OverflowError):
+        raise DetsegError("image entry's width/height are not integers", where) from None
     if check_images:
         actual = image_size(image_path)
-        if width is not None and height is not None and (int(width), int(height)) != actual:
+        if width is not None and height is not None and (width, height) != actual:
             raise DetsegError(
-                f"image is {actual[0]}x{actual[1]} but {path.name} says {width}x{height}",
-                image_path,
+                f"image is {actual[0]}x{actual[1]} but its entry says {width}x{height}", where
             )
         width, height = actual
-    elif width is None or height is None:
-        raise DetsegError(
-            f"image id {im['id']!r} has no width/height (and images are not read)", path
-        )
-    return image_path, int(width), int(height)
+    elif width is None or height is None or width < 1 or height < 1:
+        raise DetsegError("image entry has no width/height (and images are not read)", where)
+    return image_path, width, height
+
+
+def _annotation_table(
+    doc: dict[str, Any],
+    path: Path,
+    index_of: dict[Any, int],
+    label_of: dict[int, int],
+    summary: Summary,
+) -> list[list[dict[str, Any]]]:
+    """The annotations of each image (by `index_of` position); bad ones are errors or skipped."""
+    per_image: list[list[dict[str, Any]]] = [[] for _ in index_of]
+    seen: set[int | str] = set()
+    for n, ann in enumerate(_require_list(doc, "annotations", path, required=False)):
+        if not isinstance(ann, dict):
+            summary.skip("annotation that is not a JSON object", f"{path.name} annotation #{n}")
+            continue
+        ann_id = _key(ann.get("id"))
+        where = f"{path.name} annotation #{n} (id {ann.get('id')!r})"
+        if ann_id is not None and ann_id in seen:
+            summary.skip("duplicated annotation id", where)
+        elif _key(ann.get("image_id")) not in index_of:
+            summary.skip("annotation of an unknown image id", where, detail=f" {ann.get('image_id')!r}")
+        elif _key(ann.get("category_id")) not in label_of:
+            summary.skip(
+                "annotation of an unknown category id", where, detail=f" {ann.get('category_id')!r}"
+            )
+        else:
+            per_image[index_of[ann["image_id"]]].append(ann)
+        if ann_id is not None:
+            seen.add(ann_id)
+    return per_image
 
 
 def load_coco(
-    json_path: str | Path, image_dir: str | Path | None = None, *, check_images: bool = True
+    json_path: str | Path,
+    image_dir: str | Path | None = None,
+    *,
+    check_images: bool = True,
+    strict: bool = True,
 ) -> Dataset:
     """Read a COCO instances JSON into a Dataset.
 
-    `image_dir` defaults to the JSON's folder. With `check_images=False` the image files are
-    not opened (sizes come from the JSON): for annotation-only work such as evaluation.
-    Annotations for unknown images or categories, and bad boxes, are skipped and counted.
+    `image_dir` defaults to the JSON's folder; a `file_name` outside it is an error. With
+    `check_images=False` the image files are not opened (sizes come from the JSON): for
+    annotation-only work such as evaluation. Strict (the default): annotations of unknown
+    images or categories, duplicated ids, malformed or inverted boxes, missing or unreadable
+    images are one-line errors; with `strict=False` they are skipped and counted.
     """
     path = Path(json_path)
     doc = read_json(path)
@@ -108,35 +150,45 @@ def load_coco(
             "a COCO file is a JSON object with 'images', 'annotations', 'categories'", path
         )
     image_dir = Path(image_dir) if image_dir is not None else path.parent
+    summary = Summary(strict=strict, root=path.parent)
     category_ids, names = _categories(doc, path)
     label_of = {cid: i for i, cid in enumerate(category_ids)}
-    images = _image_table(doc, path)
+    images = _image_table(doc, path, summary)
     index_of = {im["id"]: i for i, im in enumerate(images)}
-    sized = [_sized_image(im, image_dir, check_images, path) for im in images]
-    summary = Summary()
-
-    per_image: list[list[dict[str, Any]]] = [[] for _ in images]
-    for n, ann in enumerate(_require_list(doc, "annotations", path, required=False)):
-        where = (
-            f"{path.name} annotation #{n} (id {ann.get('id')})"
-            if isinstance(ann, dict)
-            else f"{path.name} #{n}"
-        )
-        if not isinstance(ann, dict) or ann.get("image_id") not in index_of:
-            summary.skip("annotation of an unknown image id", where)
-        elif ann.get("category_id") not in label_of:
-            summary.skip("annotation of an unknown category id", where)
-        else:
-            per_image[index_of[ann["image_id"]]].append(ann)
+    per_image = _annotation_table(doc, path, index_of, label_of, summary)
     has_masks = any("segmentation" in a for anns in per_image for a in anns)
 
     samples = []
-    for im, (image_path, width, height), anns in zip(images, sized, per_image, strict=True):
+    for im, anns in zip(images, per_image, strict=True):
+        where = f"{path.name} image id {im['id']!r}"
+        try:
+            image_path, width, height = _sized_image(
+                im, image_dir, check_images, str(path.parent / where)
+            )
+        except DetsegError as err:
+            summary.reject(err, where)
+            summary.note("annotations of skipped images", len(anns))
+            continue
         samples.append(
             _sample(im["id"], image_path, width, height, anns, label_of, has_masks, summary, path)
         )
     summary.warn(path)
     return Dataset(samples, names, summary, category_ids=category_ids, image_dir=image_dir)
+
+
+def _xywh(ann: dict[str, Any], width: int, height: int) -> tuple[list[float], float] | None:
+    """An annotation's `[x, y, w, h]` (from 'bbox', else its segmentation) and area, None when malformed."""
+    box = ann.get("bbox")
+    if box is None and ann.get("segmentation"):
+        box = _bbox_from_segmentation(ann["segmentation"], height, width)
+    try:
+        if not isinstance(box, list) or len(box) != 4:
+            return None
+        xywh = [float(v) for v in box]
+        area = float(ann.get("area", xywh[2] * xywh[3]))
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return xywh, area
 
 
 def _sample(
@@ -152,24 +204,24 @@ def _sample(
 ) -> Sample:
     """One image's annotations: xywh -> xyxy, sanitised, with masks, crowd flags and areas."""
     xywh = np.zeros((len(anns), 4), np.float64)
+    area = np.zeros(len(anns), np.float64)
     valid = np.ones(len(anns), bool)
     for i, ann in enumerate(anns):
-        box = ann.get("bbox")
-        if box is None and ann.get("segmentation"):
-            box = _bbox_from_segmentation(ann["segmentation"], height, width)
-        try:
-            xywh[i] = [float(v) for v in box]
-        except (TypeError, ValueError):
+        parsed = _xywh(ann, width, height)
+        if parsed is None:
             valid[i] = False
             summary.skip(
-                "annotation with a malformed bbox", f"{path.name} annotation id {ann.get('id')}"
+                "annotation with a malformed bbox (need 4 numbers) or area",
+                f"{path.name} annotation id {ann.get('id')!r}",
+                detail=f": bbox {ann.get('bbox')!r}",
             )
+        else:
+            xywh[i], area[i] = parsed
     boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
     keep = np.zeros(len(anns), bool)
     boxes[valid], keep[valid] = sanitize_boxes(
-        boxes[valid], width, height, summary, f"{path.name} image {image_id}"
+        boxes[valid], width, height, summary, f"{path.name} image id {image_id!r}"
     )
-    area = [float(a.get("area", w * h)) for a, (_, _, w, h) in zip(anns, xywh, strict=True)]
     sample = Sample(
         image_path=image_path,
         width=width,

@@ -35,10 +35,15 @@ def read_annotations(
     split: str | None = None,
     mask_values: Sequence[int] | None = None,
     check_images: bool = True,
+    strict: bool = True,
 ) -> Dataset:
-    """Read `annotations` (file or folder) in format `fmt`; `images` is the image folder where the format needs one."""
+    """Read `annotations` (file or folder) in format `fmt`; `images` is the image folder where the format needs one.
+
+    `strict` is the loading mode: bad items are one-line errors (True), or skipped and
+    counted in the dataset's summary (False).
+    """
     if fmt == "coco":
-        return load_coco(annotations, images, check_images=check_images)
+        return load_coco(annotations, images, check_images=check_images, strict=strict)
     if fmt == "voc":
         return load_voc(
             annotations,
@@ -46,21 +51,22 @@ def read_annotations(
             split,
             names=list(names) if names else None,
             check_images=check_images,
+            strict=strict,
         )
     if fmt == "via":
-        return load_via(annotations, images, names=list(names) if names else None)
+        return load_via(annotations, images, names=list(names) if names else None, strict=strict)
     if fmt == "imagefolder":
-        return load_imagefolder(annotations)
+        return load_imagefolder(annotations, strict=strict)
     if images is None:
         raise DetsegError(
             f"the {fmt} format needs the image folder (--images / images:)", annotations
         )
     if fmt == "yolo":
-        return load_yolo(annotations, images, names)
+        return load_yolo(annotations, images, names, strict=strict)
     if fmt == "masks":
         if not names:
             raise DetsegError("semantic masks need the class names (names:)", annotations)
-        return load_masks(images, annotations, names, mask_values)
+        return load_masks(images, annotations, names, mask_values, strict=strict)
     raise DetsegError(f"unknown annotation format {fmt!r}; known: {', '.join(FORMATS)}")
 
 
@@ -90,20 +96,22 @@ def convert(
     *,
     images: str | Path | None = None,
     names: Sequence[str] | None = None,
+    strict: bool = True,
 ) -> ConvertReport:
     """Convert box annotations between coco, voc, yolo and via (every pair, both ways).
 
     `src`/`dst`: a JSON file (coco, via) or a folder (voc: XMLs or a devkit root; yolo:
     labels, with `classes.txt` written next to them). `images` is the image folder (needed
     for yolo, optional elsewhere); `names` fixes the classes (needed for yolo without
-    `classes.txt`). Image paths in the output are relative to the image folder.
+    `classes.txt`). Image paths in the output are relative to the image folder. With
+    `strict=False` bad items are skipped and listed in the report instead of stopping.
     """
     for fmt in (src_format, dst_format):
         if fmt not in BOX_FORMATS:
             raise DetsegError(
                 f"cannot convert format {fmt!r}; box formats: {', '.join(BOX_FORMATS)}"
             )
-    dataset = read_annotations(src_format, src, images, names=names)
+    dataset = read_annotations(src_format, src, images, names=names, strict=strict)
     writer = {"coco": write_coco, "voc": write_voc, "yolo": write_yolo, "via": write_via}[
         dst_format
     ]

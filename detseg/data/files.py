@@ -11,7 +11,7 @@ from typing import Any
 
 from detseg.errors import DetsegError
 
-__all__ = ["format_number", "read_json", "read_xml", "relative_name", "write_json"]
+__all__ = ["format_number", "image_in_folder", "read_json", "read_xml", "relative_name", "write_json"]
 
 
 def _read_bytes(path: Path, what: str) -> bytes:
@@ -82,3 +82,20 @@ def format_number(value: float) -> str:
     """A coordinate as short text that reads back within 1e-4: `12`, `12.5`, `12.3457`."""
     text = f"{float(value):.4f}".rstrip("0").rstrip(".")
     return "0" if text in ("", "-0") else text
+
+
+def image_in_folder(image_dir: Path, name: str, where: str | Path) -> Path:
+    """The image `name` (a file name taken from an annotation) inside `image_dir`.
+
+    A name that leaves the folder (`../../etc/passwd`, or an absolute path elsewhere) is an
+    error naming the annotation (`where`), so annotation files cannot make the toolkit read
+    (or, through converted outputs, point at) files outside the dataset. The check is on the
+    text of the path, so images that are symbolic links to elsewhere still load.
+    """
+    if "\0" in name:
+        raise DetsegError(f"image file name {name!r} holds a NUL character", where)
+    folder = os.path.normpath(os.path.abspath(image_dir))
+    target = os.path.normpath(os.path.join(folder, name))
+    if os.path.commonpath([folder, target]) != folder:
+        raise DetsegError(f"image file name {name!r} is outside the image folder", where)
+    return Path(image_dir) / os.path.relpath(target, folder)

@@ -59,7 +59,7 @@ def image_size(path: str | Path) -> tuple[int, int]:
     try:
         with Image.open(path) as im:
             return int(im.width), int(im.height)
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise DetsegError(f"not a readable image ({exc.__class__.__name__})", path) from None
 
 

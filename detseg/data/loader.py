@@ -20,6 +20,7 @@ letterbox of each image::
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -158,6 +159,12 @@ class DetectionLoader(SeededBatches):
     with lists of `[Ni, 4]` float32 xyxy boxes in letterboxed pixels and `[Ni]` int32 labels
     and returns the targets (default: `PaddedBoxEncoder`). An encoder with
     `uses_masks = "semantic"` also gets `masks=` (see `SemanticMaskEncoder`).
+
+    An image that fails to read (corrupt, or not the size its annotation says) raises a
+    one-line `DetsegError` naming it when `strict` (the default), from whichever worker met
+    it. With `strict=False` (training batches) it is replaced by the next readable sample,
+    warned about once and counted in `dataset.summary` (counts made in worker processes
+    stay there; the warnings do not), and training goes on.
     """
 
     def __init__(
@@ -174,10 +181,13 @@ class DetectionLoader(SeededBatches):
         use_multiprocessing: bool = False,
         mosaic_p: float = 0.0,
         max_queue_size: int = 10,
+        strict: bool = True,
     ):
         if not 0.0 <= mosaic_p <= 1.0:
             raise ValueError(f"mosaic_p must be in [0, 1], got {mosaic_p}")
         self.dataset = dataset
+        self.strict = strict
+        self._unreadable: set[str] = set()
         self.augment = augment
         self.mosaic_p = float(mosaic_p)
         most = max((s.num_boxes for s in dataset.samples), default=0)
@@ -261,9 +271,33 @@ class DetectionLoader(SeededBatches):
         return image, clipped[keep], labels[keep], mask
 
     def _load(self, position: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-        """The letterboxed image, boxes, labels and mask of the sample at `position` of this epoch."""
-        rng = np.random.default_rng([self.seed, self.epoch, position])
-        sample = self.dataset.samples[self._order[position]]
+        """The letterboxed image, boxes, labels and mask of the sample at `position` of this epoch
+        (when lenient, of the next readable sample if that one fails to read)."""
+        n = len(self.dataset)
+        for attempt in range(n):
+            try:
+                return self._load_sample((int(self._order[position]) + attempt) % n, position, attempt)
+            except DetsegError as err:
+                if self.strict:
+                    raise
+                self._skip_unreadable(err)
+        raise DetsegError("no image of the dataset can be read", self.dataset.image_dir)
+
+    def _skip_unreadable(self, err: DetsegError) -> None:
+        """Warn about and count an image that failed to read, once per file."""
+        where = err.path or "?"
+        if where in self._unreadable:
+            return
+        self._unreadable.add(where)
+        self.dataset.summary.skip(f"image skipped by the loader: {err.problem}", where, strict_ok=True)
+        warnings.warn(f"{err} (skipped: data.strict is false)", stacklevel=2)
+
+    def _load_sample(
+        self, index: int, position: int, attempt: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """`_load` of sample `index`; augmentation seeded by `(seed, epoch, position[, attempt])`."""
+        rng = np.random.default_rng([self.seed, self.epoch, position] + ([attempt] if attempt else []))
+        sample = self.dataset.samples[index]
         if self.mosaic_p and rng.random() < self.mosaic_p:
             partners = rng.integers(0, len(self.dataset), 3)
             image, boxes, labels, mask = self._mosaic(
@@ -315,4 +349,5 @@ def training_loader(
         workers=cfg.data.workers,
         use_multiprocessing=cfg.data.use_multiprocessing,
         mosaic_p=cfg.train.augment.mosaic_p,
+        strict=cfg.data.strict,
     )

@@ -8,13 +8,16 @@ dataset's `Summary` with its reason, never silently.
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
+
+from detseg.errors import DetsegError
 
 __all__ = ["IGNORE_INDEX", "Dataset", "Sample", "Summary", "sanitize_boxes"]
 
@@ -93,20 +96,60 @@ class Summary:
 
     `examples` keeps the first few places (file, file:line) of every reason so that a user
     can find them; `notes` counts facts that are not problems (e.g. images without labels).
+
+    `strict` is the loading mode: in strict mode every problem that loses data (a skip not
+    marked `strict_ok`, or a clip marked `strict_ok=False`) raises a one-line `DetsegError`
+    naming the place instead of being counted. `root` is the folder that relative places
+    (`a.xml`, `labels/a.txt:3`, `c.json annotation #2 (id 7)`) are read against in errors.
     """
 
     skipped: Counter[str] = field(default_factory=Counter)
     clipped: Counter[str] = field(default_factory=Counter)
     notes: Counter[str] = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)
+    strict: bool = False
+    root: Path | None = None
 
-    def skip(self, reason: str, where: str | Path, count: int = 1) -> None:
-        """Count `count` items dropped for `reason` at `where`."""
+    def skip(
+        self,
+        reason: str,
+        where: str | Path,
+        count: int = 1,
+        *,
+        strict_ok: bool = False,
+        detail: str = "",
+    ) -> None:
+        """Count `count` items dropped for `reason` at `where`; in strict mode an error unless
+        `strict_ok` (a degenerate item whose loss loses nothing). `detail` (e.g. the box)
+        goes into the error message only."""
+        if count > 0 and self.strict and not strict_ok:
+            self.fail(reason + detail, where)
         self._add(self.skipped, reason, where, count)
 
-    def clip(self, reason: str, where: str | Path, count: int = 1) -> None:
-        """Count `count` items kept after being clipped or partly ignored for `reason`."""
+    def clip(
+        self, reason: str, where: str | Path, count: int = 1, *, strict_ok: bool = True, detail: str = ""
+    ) -> None:
+        """Count `count` items kept after being clipped or partly ignored for `reason`; an error
+        in strict mode when not `strict_ok` (the change loses data)."""
+        if count > 0 and self.strict and not strict_ok:
+            self.fail(reason + detail, where)
         self._add(self.clipped, reason, where, count)
+
+    def reject(self, error: DetsegError, where: str | Path) -> None:
+        """An item that cannot be used (typically a whole image): `error` is raised in strict
+        mode, else the item at `where` is counted as skipped, under the error's problem with
+        its numbers, quoted names and file names generalised (so that 40 images of the wrong
+        size make one line, not 40)."""
+        if self.strict:
+            raise error
+        reason = re.sub(r"'[^']*'|\S+\.(?:xml|json|txt)\b", "...", error.problem)
+        reason = re.sub(r"\d+", "N", reason)
+        self._add(self.skipped, f"image skipped: {reason}", where, 1)
+
+    def fail(self, problem: str, where: str | Path) -> NoReturn:
+        """Raise the strict-mode error of a problem at `where` (read against `root`)."""
+        path = self.root / where if self.root is not None else Path(where)
+        raise DetsegError(f"{problem} (data.strict: false skips and counts it)", path)
 
     def note(self, fact: str, count: int = 1) -> None:
         """Count a fact worth reporting that is not a problem."""
@@ -242,23 +285,34 @@ def sanitize_boxes(
     """Clip `[N, 4]` xyxy boxes to the image and find the ones to drop, counting both in `summary`.
 
     Returns `(clipped_boxes, keep)` with `keep` [N] bool. Dropped: non-finite coordinates,
-    zero or negative width/height (x2 <= x1 or y2 <= y1), boxes entirely outside the image.
-    Boxes reaching past the border by more than 1e-3 px are clipped and counted.
+    inverted boxes (x2 < x1 or y2 < y1), boxes entirely outside the image (all three errors
+    in strict mode, naming the first such box), and zero-width or zero-height boxes (a
+    degenerate click that carries nothing: dropped and counted in both modes). Boxes
+    reaching past the border by more than 1e-3 px are clipped and counted in both modes.
     """
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
     finite = np.isfinite(boxes).all(axis=1)
     safe = np.where(finite[:, None], boxes, 0.0)
+    inverted = finite & ((safe[:, 2] < safe[:, 0]) | (safe[:, 3] < safe[:, 1]))
     nonempty = finite & (safe[:, 2] > safe[:, 0]) & (safe[:, 3] > safe[:, 1])
     limits = np.array([width, height, width, height], np.float32)
     clipped = np.clip(safe, 0.0, limits)
     inside = nonempty & (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
     moved = inside & (np.abs(clipped - safe).max(axis=1) > _CLIP_TOLERANCE)
-    summary.skip("box with non-finite coordinates", where, int((~finite).sum()))
+    outside = nonempty & ~inside
+    for reason, bad in (
+        ("box with non-finite coordinates", ~finite),
+        ("inverted box (x2<x1 or y2<y1)", inverted),
+        ("box entirely outside the image", outside),
+    ):
+        first = boxes[bad][:1].tolist()
+        detail = f" {[round(v, 4) for v in first[0]]} in a {width}x{height} image" if first else ""
+        summary.skip(reason, where, int(bad.sum()), detail=detail)
     summary.skip(
-        "box with zero or negative width/height (x2<=x1 or y2<=y1)",
+        "box with zero width or height (x2==x1 or y2==y1)",
         where,
-        int((finite & ~nonempty).sum()),
+        int((finite & ~inverted & ~nonempty).sum()),
+        strict_ok=True,
     )
-    summary.skip("box entirely outside the image", where, int((nonempty & ~inside).sum()))
     summary.clip("box reaching outside the image, clipped to it", where, int(moved.sum()))
     return clipped, inside

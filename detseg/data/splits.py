@@ -64,7 +64,10 @@ def _read_files(
         split=split_cfg.split,
         mask_values=cfg.mask_values,
         check_images=cfg.check_images,
+        strict=cfg.strict,
     )
+    if not dataset.samples:
+        raise DetsegError(f"the {split} split has no samples", annotations)
     if names is not None and dataset.class_names != list(names):
         raise DetsegError(
             f"data.names {names} differ from the classes in the file: {dataset.class_names}",

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from detseg.data.files import read_json, relative_name, write_json
+from detseg.data.files import image_in_folder, read_json, relative_name, write_json
 from detseg.data.images import image_size
 from detseg.data.sample import Dataset, Sample, Summary, sanitize_boxes
 from detseg.errors import DetsegError
@@ -30,24 +30,36 @@ def _entries(doc: Any, path: Path) -> list[dict[str, Any]]:
         doc = doc["_via_img_metadata"]
     elif "project" in doc and "metadata" in doc:
         raise DetsegError("VIA 3 projects are not supported: export VIA 2 JSON annotations", path)
-    entries = list(doc.values())
-    if not all(isinstance(e, dict) and "filename" in e for e in entries):
-        raise DetsegError("every VIA entry needs a 'filename' (is this a VIA 2.x file?)", path)
+    entries = list(doc.values()) if isinstance(doc, dict) else None
+    if entries is None or not all(
+        isinstance(e, dict) and isinstance(e.get("filename"), str) for e in entries
+    ):
+        raise DetsegError(
+            "every VIA entry needs a text 'filename' (not a VIA 2.x file: unknown version or layout)",
+            path,
+        )
     return entries
 
 
-def _regions(entry: dict[str, Any]) -> list[dict[str, Any]]:
+def _regions(entry: dict[str, Any]) -> list[Any]:
+    """An entry's regions (VIA 1.x kept them in a dict); anything else is no regions."""
     regions = entry.get("regions") or []
-    return (
-        list(regions.values()) if isinstance(regions, dict) else list(regions)
-    )  # VIA 1.x used a dict
+    if isinstance(regions, dict):
+        return list(regions.values())
+    return regions if isinstance(regions, list) else []
+
+
+def _attributes(region: Any, key: str) -> dict[str, Any]:
+    """A region's `shape_attributes` / `region_attributes` dict ({} when absent or malformed)."""
+    value = region.get(key) if isinstance(region, dict) else None
+    return value if isinstance(value, dict) else {}
 
 
 def _class_attribute(
     entries: list[dict[str, Any]], requested: str | None, path: Path
 ) -> str | None:
     """The region attribute naming the class: the requested one, 'class', or the file's only one."""
-    keys = {k for e in entries for r in _regions(e) for k in (r.get("region_attributes") or {})}
+    keys = {k for e in entries for r in _regions(e) for k in _attributes(r, "region_attributes")}
     if requested is not None:
         return requested
     if _DEFAULT_ATTRIBUTE in keys or not keys:
@@ -95,72 +107,94 @@ def _shape_box(shape: dict[str, Any]) -> tuple[list[float], list[list[float]] | 
     raise ValueError(f"shape {kind!r} has no box")
 
 
+def _parse_regions(
+    entry: dict[str, Any], where: str, attribute: str, default_class: str | None, summary: Summary
+) -> tuple[list[list[float]], list[str], list[Any]]:
+    """Boxes, class names and polygon masks of an entry's regions; regions without a box
+    shape or a class are errors (or skipped and counted when lenient)."""
+    boxes, classes, masks = [], [], []
+    for number, region in enumerate(_regions(entry), start=1):
+        at = f"{where} region #{number}"
+        name = _class_value(_attributes(region, "region_attributes").get(attribute)) or default_class
+        try:
+            box, mask = _shape_box(_attributes(region, "shape_attributes"))
+        except (KeyError, TypeError, ValueError, OverflowError):
+            summary.skip("region without a box shape (point, or malformed)", at)
+            continue
+        if name is None:
+            summary.skip(f"region without a {attribute!r} attribute", at)
+            continue
+        boxes.append(box)
+        classes.append(name)
+        masks.append(mask)
+    return boxes, classes, masks
+
+
+def _sample(
+    entry: dict[str, Any],
+    parsed: tuple[list[list[float]], list[str], list[Any]],
+    where: str,
+    image_dir: Path,
+    label_of: dict[str, int],
+    summary: Summary,
+) -> Sample:
+    """One entry's Sample: its image (inside `image_dir`) sized, unknown classes and bad boxes dropped."""
+    boxes, classes, masks = parsed
+    image_path = image_in_folder(image_dir, entry["filename"], summary.root / where if summary.root else where)
+    width, height = image_size(image_path)
+    known = np.array([c in label_of for c in classes], bool)
+    for name in sorted({c for c in classes if c not in label_of}):
+        summary.skip(f"region of unknown class {name!r}", where, classes.count(name))
+    clipped, keep = sanitize_boxes(np.array(boxes, np.float32), width, height, summary, where)
+    sample = Sample(
+        image_path,
+        width,
+        height,
+        clipped,
+        [label_of.get(c, -1) for c in classes],
+        masks=masks if any(m is not None for m in masks) else None,
+        image_id=image_path.stem,
+    )
+    return sample.select(keep & known)
+
+
 def load_via(
     json_path: str | Path,
     image_dir: str | Path | None = None,
     *,
     names: list[str] | None = None,
     class_attribute: str | None = None,
+    strict: bool = True,
 ) -> Dataset:
-    """Read a VIA 2.x JSON; `image_dir` defaults to the JSON's folder.
+    """Read a VIA 2.x JSON; `image_dir` defaults to the JSON's folder (a `filename` outside it is an error).
 
-    `names` fixes the classes and their order (other classes are skipped and counted; with a
-    single name, regions without a class attribute get it); by default the sorted names found.
+    `names` fixes the classes and their order (with a single name, regions without a class
+    attribute get it); by default the sorted names found. Strict (the default): regions
+    without a box shape or a class, of another class, inverted or outside the image, and
+    missing or unreadable images are one-line errors naming the file, image and region;
+    with `strict=False` they are skipped and counted.
     """
     path = Path(json_path)
     entries = _entries(read_json(path), path)
     image_dir = Path(image_dir) if image_dir is not None else path.parent
     attribute = _class_attribute(entries, class_attribute, path)
     default_class = names[0] if names is not None and len(names) == 1 else None
-    summary = Summary()
-    parsed = []
-    for entry in entries:
-        where = str(entry["filename"])
-        boxes, classes, masks = [], [], []
-        for region in _regions(entry):
-            name = (
-                _class_value((region.get("region_attributes") or {}).get(attribute))
-                or default_class
-            )
-            try:
-                box, mask = _shape_box(region.get("shape_attributes") or {})
-            except (KeyError, TypeError, ValueError):
-                summary.skip("region without a box shape (point, or malformed)", where)
-                continue
-            if name is None:
-                summary.skip(f"region without a {attribute!r} attribute", where)
-                continue
-            boxes.append(box)
-            classes.append(name)
-            masks.append(mask)
-        parsed.append((entry, boxes, classes, masks))
+    summary = Summary(strict=strict, root=path.parent)
+    wheres = [f"{path.name} image {e['filename']!r}" for e in entries]
+    parsed = [
+        _parse_regions(e, where, attribute, default_class, summary)
+        for e, where in zip(entries, wheres, strict=True)
+    ]
     class_names = (
-        list(names) if names is not None else sorted({c for _, _, cs, _ in parsed for c in cs})
+        list(names) if names is not None else sorted({c for _, cs, _ in parsed for c in cs})
     )
     label_of = {n: i for i, n in enumerate(class_names)}
-
     samples = []
-    for entry, boxes, classes, masks in parsed:
-        image_path = image_dir / entry["filename"]
-        width, height = image_size(image_path)
-        known = np.array([c in label_of for c in classes], bool)
-        for name in sorted({c for c in classes if c not in label_of}):
-            summary.skip(
-                f"region of unknown class {name!r}", entry["filename"], classes.count(name)
-            )
-        clipped, keep = sanitize_boxes(
-            np.array(boxes, np.float32), width, height, summary, entry["filename"]
-        )
-        sample = Sample(
-            image_path,
-            width,
-            height,
-            clipped,
-            [label_of.get(c, -1) for c in classes],
-            masks=masks if any(m is not None for m in masks) else None,
-            image_id=image_path.stem,
-        )
-        samples.append(sample.select(keep & known))
+    for entry, regions, where in zip(entries, parsed, wheres, strict=True):
+        try:
+            samples.append(_sample(entry, regions, where, image_dir, label_of, summary))
+        except DetsegError as err:
+            summary.reject(err, where)
     summary.warn(path)
     return Dataset(samples, class_names, summary, image_dir=image_dir)
 

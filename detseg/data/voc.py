@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from detseg.data.files import format_number, read_xml, relative_name
+from detseg.data.files import format_number, image_in_folder, read_xml, relative_name
 from detseg.data.images import IMAGE_EXTENSIONS, image_size
 from detseg.data.sample import Dataset, Sample, Summary, sanitize_boxes
 from detseg.errors import DetsegError
@@ -37,13 +37,15 @@ class _Record:
 
 
 def _int_text(node: ET.Element, tag: str) -> int:
+    """The integer in `<tag>` of `node`, 0 when absent or not a number."""
     try:
         return int(float(node.findtext(tag, "0").strip()))
-    except ValueError:
+    except (ValueError, OverflowError):
         return 0
 
 
 def _parse(xml_path: Path, summary: Summary) -> _Record:
+    """One XML's objects; objects without a numeric box or a name are errors (or skipped when lenient)."""
     root = read_xml(xml_path)
     if root.tag != "annotation":
         raise DetsegError(
@@ -54,16 +56,17 @@ def _parse(xml_path: Path, summary: Summary) -> _Record:
         (_int_text(size, "width"), _int_text(size, "height")) if size is not None else (0, 0)
     )
     names, boxes, difficult = [], [], []
-    for obj in root.iter("object"):
+    for number, obj in enumerate(root.iter("object"), start=1):
+        where = f"{xml_path.name} object #{number}"
         name = (obj.findtext("name") or "").strip()
         bndbox = obj.find("bndbox")
         try:
             box = [float(bndbox.findtext(k).strip()) for k in _COORDS]  # type: ignore[union-attr]
         except (AttributeError, ValueError):
-            summary.skip("object without a numeric <bndbox>", xml_path.name)
+            summary.skip("object without a numeric <bndbox>", where)
             continue
         if not name:
-            summary.skip("object without a <name>", xml_path.name)
+            summary.skip("object without a <name>", where)
             continue
         names.append(name)
         boxes.append(box)
@@ -106,13 +109,56 @@ def _layout(root: Path, image_dir: str | Path | None, split: str | None) -> tupl
 
 
 def _image_path(record: _Record, image_dir: Path, check_images: bool) -> Path:
-    """The image of an XML: its <filename> in `image_dir`, else the XML's stem with an image extension."""
-    candidates = [image_dir / record.filename] if record.filename else []
+    """The image of an XML: its <filename> in `image_dir` (never outside it), else the XML's
+    stem with an image extension."""
+    where = record.xml_path
+    candidates = [image_in_folder(image_dir, record.filename, where)] if record.filename else []
     candidates += [image_dir / (record.xml_path.stem + ext) for ext in IMAGE_EXTENSIONS]
     found = next((c for c in candidates if c.is_file()), None) if check_images else candidates[0]
     if found is None:
         raise DetsegError(f"image of {record.xml_path.name} not found", candidates[0])
     return found
+
+
+def _image_size(record: _Record, image_path: Path, check_images: bool, summary: Summary) -> tuple[int, int]:
+    """The image's `(width, height)`: its header's when `check_images` (which must agree with
+    `<size>`), else `<size>`; an XML without a numeric `<size>` is an error when strict."""
+    width, height = record.width, record.height
+    if not (width > 0 and height > 0):
+        if not check_images:
+            raise DetsegError("no numeric <size> and images are not read", record.xml_path)
+        summary.clip("XML without a numeric <size> (size read from the image)", record.xml_path.name, strict_ok=False)
+    if not check_images:
+        return width, height
+    actual = image_size(image_path)
+    if width > 0 and height > 0 and (width, height) != actual:
+        raise DetsegError(
+            f"image is {actual[0]}x{actual[1]} but {record.xml_path.name} says {width}x{height}",
+            image_path,
+        )
+    return actual
+
+
+def _sample(
+    r: _Record, images: Path, check_images: bool, label_of: dict[str, int], summary: Summary
+) -> Sample:
+    """One XML's Sample: its image found and sized, unknown classes and bad boxes dropped and counted."""
+    image_path = _image_path(r, images, check_images)
+    width, height = _image_size(r, image_path, check_images, summary)
+    for name, count in Counter(n for n in r.names if n not in label_of).items():
+        summary.skip(f"object of unknown class {name!r}", r.xml_path.name, count)
+    known = np.array([n in label_of for n in r.names], bool)
+    boxes, keep = sanitize_boxes(np.array(r.boxes, np.float32), width, height, summary, r.xml_path.name)
+    sample = Sample(
+        image_path=image_path,
+        width=width,
+        height=height,
+        boxes=boxes,
+        labels=[label_of.get(n, -1) for n in r.names],
+        difficult=r.difficult,
+        image_id=r.xml_path.stem,
+    )
+    return sample.select(keep & known)
 
 
 def load_voc(
@@ -122,16 +168,20 @@ def load_voc(
     *,
     names: list[str] | None = None,
     check_images: bool = True,
+    strict: bool = True,
 ) -> Dataset:
     """Read VOC XMLs: a devkit root (`Annotations/`, `JPEGImages/`, `ImageSets/Main/<split>.txt`) or a flat folder.
 
-    `names` fixes the classes and their order (objects of other classes are skipped and
-    counted); by default the sorted set of names found. Images default to `JPEGImages/`
-    (devkit) or the XML folder (flat).
+    `names` fixes the classes and their order; by default the sorted set of names found.
+    Images default to `JPEGImages/` (devkit) or the XML folder (flat); a `<filename>` outside
+    the image folder is an error. Strict (the default): objects of other classes, objects
+    without a name or a numeric box, inverted boxes or boxes outside the image, an XML
+    without `<size>`, a missing or unreadable image are one-line errors naming the XML;
+    with `strict=False` they are skipped (or, for `<size>`, repaired) and counted.
     """
     root = Path(root_or_ann_dir)
     xmls, images = _layout(root, image_dir, split)
-    summary = Summary()
+    summary = Summary(strict=strict, root=xmls[0].parent if xmls else None)
     records = [_parse(x, summary) for x in xmls]
     class_names = (
         list(names) if names is not None else sorted({n for r in records for n in r.names})
@@ -139,34 +189,10 @@ def load_voc(
     label_of = {n: i for i, n in enumerate(class_names)}
     samples = []
     for r in records:
-        image_path = _image_path(r, images, check_images)
-        width, height = r.width, r.height
-        if check_images:
-            actual = image_size(image_path)
-            if width and height and (width, height) != actual:
-                raise DetsegError(
-                    f"image is {actual[0]}x{actual[1]} but {r.xml_path.name} says {width}x{height}",
-                    image_path,
-                )
-            width, height = actual
-        elif not (width and height):
-            raise DetsegError("no <size> and images are not read", r.xml_path)
-        for name, count in Counter(n for n in r.names if n not in label_of).items():
-            summary.skip(f"object of unknown class {name!r}", r.xml_path.name, count)
-        known = np.array([n in label_of for n in r.names], bool)
-        boxes, keep = sanitize_boxes(
-            np.array(r.boxes, np.float32), width, height, summary, r.xml_path.name
-        )
-        sample = Sample(
-            image_path=image_path,
-            width=width,
-            height=height,
-            boxes=boxes,
-            labels=[label_of.get(n, -1) for n in r.names],
-            difficult=r.difficult,
-            image_id=r.xml_path.stem,
-        )
-        samples.append(sample.select(keep & known))
+        try:
+            samples.append(_sample(r, images, check_images, label_of, summary))
+        except DetsegError as err:
+            summary.reject(err, r.xml_path.name)
     summary.warn(root)
     return Dataset(samples, class_names, summary, image_dir=images)
 

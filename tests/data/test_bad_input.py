@@ -153,16 +153,20 @@ def test_bad_voc_boxes_are_dropped_or_clipped_and_counted(tmp_path):
         ]
     )
     (tmp_path / "a.xml").write_text(_voc_xml("a.jpg", objects))
+    with pytest.raises(DetsegError, match=r"inverted box \(x2<x1 or y2<y1\) \[30.0, 5.0, 25.0, 9.0\]") as exc:
+        load_voc(tmp_path)  # strict: the first box that loses data stops loading
+    _one_line_error(exc, tmp_path / "a.xml")
     with pytest.warns(UserWarning, match="a.xml") as warned:
-        dataset = load_voc(tmp_path)
+        dataset = load_voc(tmp_path, strict=False)
     assert len(warned) == 1
     np.testing.assert_array_equal(dataset.samples[0].boxes, [[1, 1, 9, 9], [0, 10, 64, 20]])
     skipped, clipped = dataset.summary.skipped, dataset.summary.clipped
-    assert skipped["box with zero or negative width/height (x2<=x1 or y2<=y1)"] == 2
+    assert skipped["box with zero width or height (x2==x1 or y2==y1)"] == 1
+    assert skipped["inverted box (x2<x1 or y2<y1)"] == 1
     assert skipped["box entirely outside the image"] == 1
     assert clipped["box reaching outside the image, clipped to it"] == 1
     text = dataset.summary_text()
-    assert "skipped 2 x box with zero" in text and "clipped 1 x box reaching outside" in text
+    assert "skipped 1 x box with zero" in text and "clipped 1 x box reaching outside" in text
 
 
 def test_bad_yolo_lines_are_counted_with_file_and_line(tmp_path):
@@ -176,7 +180,10 @@ def test_bad_yolo_lines_are_counted_with_file_and_line(tmp_path):
         "1 0.1 0.1 0.3 0.1 0.2 0.4\n"  # a polygon: box [10, 5, 30, 20]
     )
     (tmp_path / "labels/orphan.txt").write_text("0 0.5 0.5 0.1 0.1\n")
-    dataset = load_yolo(tmp_path / "labels", tmp_path / "images", ["a", "b"])
+    with pytest.raises(DetsegError, match="class id outside 0..1") as exc:
+        load_yolo(tmp_path / "labels", tmp_path / "images", ["a", "b"])
+    _one_line_error(exc, tmp_path / "labels/a.txt:2")
+    dataset = load_yolo(tmp_path / "labels", tmp_path / "images", ["a", "b"], strict=False)
     sample = dataset.samples[0]
     np.testing.assert_allclose(sample.boxes, [[40, 20, 60, 30], [10, 5, 30, 20]], atol=1e-4)
     assert sample.labels.tolist() == [0, 1]
@@ -205,7 +212,10 @@ def test_unknown_class_names_are_skipped_and_counted(tmp_path):
         + _voc_object("dog", (3, 3, 9, 9))
     )
     (tmp_path / "a.xml").write_text(_voc_xml("a.jpg", objects))
-    dataset = load_voc(tmp_path, names=["cat"])
+    with pytest.raises(DetsegError, match="object of unknown class 'dog'") as exc:
+        load_voc(tmp_path, names=["cat"])
+    _one_line_error(exc, tmp_path / "a.xml")
+    dataset = load_voc(tmp_path, names=["cat"], strict=False)
     assert dataset.samples[0].labels.tolist() == [0]
     assert dataset.summary.skipped == {"object of unknown class 'dog'": 2}
     via = {
@@ -224,7 +234,7 @@ def test_unknown_class_names_are_skipped_and_counted(tmp_path):
         }
     }
     (tmp_path / "v.json").write_text(json.dumps(via))
-    dataset = load_via(tmp_path / "v.json", names=["cat"])
+    dataset = load_via(tmp_path / "v.json", names=["cat"], strict=False)
     assert dataset.samples[0].num_boxes == 0
     assert dataset.summary.skipped == {
         "region of unknown class 'cow'": 1,
@@ -240,16 +250,18 @@ def test_coco_annotations_of_unknown_images_or_categories_are_counted(tmp_path):
         {"id": 3, "image_id": 1, "category_id": 4, "bbox": [1, 2, 10, 10]},
         {"id": 4, "image_id": 1, "category_id": 3, "bbox": [1, 2, "wide", 10]},
     ]
-    dataset = load_coco(
-        _coco(
-            [{"id": 1, "file_name": "a.jpg", "width": 64, "height": 48}], anns, tmp_path / "c.json"
-        )
+    path = _coco(
+        [{"id": 1, "file_name": "a.jpg", "width": 64, "height": 48}], anns, tmp_path / "c.json"
     )
+    with pytest.raises(DetsegError, match=r"annotation #1 \(id 2\): annotation of an unknown image id 9") as exc:
+        load_coco(path)
+    _one_line_error(exc, path)
+    dataset = load_coco(path, strict=False)
     np.testing.assert_array_equal(dataset.samples[0].boxes, [[1, 2, 11, 12]])
     assert dataset.summary.skipped == {
         "annotation of an unknown image id": 1,
         "annotation of an unknown category id": 1,
-        "annotation with a malformed bbox": 1,
+        "annotation with a malformed bbox (need 4 numbers) or area": 1,
     }
 
 
@@ -259,9 +271,12 @@ def test_duplicated_coco_image_ids_are_an_error(tmp_path):
         {"id": 5, "file_name": "b.jpg", "width": 8, "height": 8},
     ]
     path = _coco(images, [], tmp_path / "c.json")
-    with pytest.raises(DetsegError, match=r"duplicated image id\(s\) \[5\]") as exc:
+    with pytest.raises(DetsegError, match=r"image #1 \(id 5\): duplicated image id") as exc:
         load_coco(path, check_images=False)
     _one_line_error(exc, path)
+    lenient = load_coco(path, check_images=False, strict=False)
+    assert [s.image_path.name for s in lenient.samples] == ["a.jpg"]  # the first entry is kept
+    assert lenient.summary.skipped == {"duplicated image id": 1}
 
 
 # === Masks ===
@@ -284,7 +299,10 @@ def test_unpaired_masks_and_unknown_mask_values_are_counted(tmp_path):
     mask[0, 0] = 7  # neither 0 nor 1
     cv2.imwrite(str(tmp_path / "masks/a.png"), mask)
     cv2.imwrite(str(tmp_path / "masks/c.png"), mask)
-    dataset = load_masks(tmp_path / "images", tmp_path / "masks", ["bg", "fg"])
+    with pytest.raises(DetsegError, match=r"mask with pixel values outside \[0, 1\].*: \[7\]") as exc:
+        load_masks(tmp_path / "images", tmp_path / "masks", ["bg", "fg"])
+    _one_line_error(exc, tmp_path / "masks/a.png")
+    dataset = load_masks(tmp_path / "images", tmp_path / "masks", ["bg", "fg"], strict=False)
     assert [s.image_id for s in dataset.samples] == ["a"]
     assert dataset.summary.skipped == {"image without a mask": 1, "mask without an image": 1}
     assert dataset.summary.clipped == {
@@ -298,3 +316,47 @@ def test_json_with_a_byte_order_mark_loads(tmp_path):
     )
     path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # as some Windows tools save JSON
     assert len(load_coco(path, check_images=False)) == 1
+
+
+# === A corrupt image met by a loader worker during training ===
+
+
+def _corrupt_pixels(path: Path) -> None:
+    """Keep the PNG header (so loading the annotations passes) but break the pixel data."""
+    data = bytearray(path.read_bytes())
+    data[60:80] = bytes(20)
+    path.write_bytes(bytes(data))
+
+
+def _fit_on(dataset, strict: bool):
+    """Two epochs of a tiny model on batches of `dataset` made by two loader worker threads."""
+    import keras
+
+    loader = DetectionLoader(
+        dataset, 32, 2, encoder=lambda boxes, labels: np.zeros((len(boxes), 1), np.float32),
+        shuffle=True, workers=2, strict=strict,
+    )  # fmt: skip
+    model = keras.Sequential(
+        [keras.Input((32, 32, 3)), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(1)]
+    )
+    model.compile(optimizer="sgd", loss="mse")
+    return model.fit(loader, epochs=2, shuffle=False, verbose=0)
+
+
+@pytest.mark.parametrize("strict", [True, False], ids=["strict", "lenient"])
+def test_a_corrupt_image_met_by_a_loader_worker(tmp_path, strict):
+    images = [{"id": i, "file_name": f"{i}.png", "width": 40, "height": 30} for i in range(4)]
+    for i in range(4):
+        write_image(tmp_path / f"{i}.png", 40, 30, seed=i)
+    _corrupt_pixels(tmp_path / "2.png")
+    dataset = load_coco(_coco(images, [], tmp_path / "c.json"))  # headers are fine
+    if strict:
+        with pytest.raises(DetsegError, match="image does not decode") as exc:
+            _fit_on(dataset, strict)
+        _one_line_error(exc, tmp_path / "2.png")
+    else:
+        history = _fit_on(dataset, strict)
+        assert len(history.history["loss"]) == 2  # training went on
+        reason = "image skipped by the loader: image does not decode (corrupt or not an image)"
+        assert dataset.summary.skipped == {reason: 1}  # counted once, not once per epoch
+        assert dataset.summary.examples[reason] == [str(tmp_path / "2.png")]

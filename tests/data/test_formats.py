@@ -28,7 +28,7 @@ from detseg.data import (
 from .conftest import BCCD3, FIXTURES
 from .helpers import voc_objects
 
-ZERO_AREA = "box with zero or negative width/height (x2<=x1 or y2<=y1)"
+ZERO_AREA = "box with zero width or height (x2==x1 or y2==y1)"
 
 # Readers warn once about what they skipped; the tests check the counts themselves.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

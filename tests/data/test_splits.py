@@ -95,7 +95,8 @@ def test_voc_val_without_names_takes_the_training_classes(tmp_path):
         objects = "".join(f"<object><name>{c}</name>{box}</object>" for c in classes)
         (tmp_path / folder).mkdir()
         (tmp_path / folder / f"{name}.xml").write_text(
-            f"<annotation><filename>{name}.jpg</filename>{objects}</annotation>"
+            f"<annotation><filename>{name}.jpg</filename>"
+            f"<size><width>32</width><height>24</height></size>{objects}</annotation>"
         )
 
     xml("train", "a", ["cat", "dog"])
