@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import yaml
 
+from detseg import cli
 from detseg.config import load_config
 from detseg.data import Dataset, Sample
 from detseg.data.classification import (
@@ -318,14 +319,23 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
-def test_cli_train_evaluate_predict_on_an_image_folder(tmp_path):
+def cli_in_process(capsys, *args: str) -> subprocess.CompletedProcess:
+    """`detseg ARGS` through `detseg.cli.main` in this process (no second TensorFlow start)."""
+    capsys.readouterr()
+    code = cli.main(list(args))
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["detseg", *args], code, out, err)
+
+
+def test_cli_train_evaluate_predict_on_an_image_folder(tmp_path, capsys, monkeypatch):
     config = tmp_path / "folder.yaml"
     config.write_text(yaml.safe_dump(imagefolder_config(tmp_path)))
-    res = run_cli("train", str(config), "--set", "train.epochs=1", cwd=tmp_path)
+    res = run_cli("train", str(config), "--set", "train.epochs=1", cwd=tmp_path)  # the real command
     assert res.returncode == 0, res.stderr
     run = tmp_path / "runs" / "folder"
+    monkeypatch.chdir(tmp_path)
 
-    res = run_cli("evaluate", str(run), cwd=tmp_path)
+    res = cli_in_process(capsys, "evaluate", str(run))
     assert res.returncode == 0, res.stderr
     metrics = json.loads((run / "metrics.json").read_text())
     assert f"accuracy {metrics['accuracy']:.3f}" in res.stdout
@@ -343,7 +353,7 @@ def test_cli_train_evaluate_predict_on_an_image_folder(tmp_path):
     for path in files[:2]:
         (source / path.name).write_bytes(path.read_bytes())
     (source / "broken.png").write_bytes(b"not an image")
-    res = run_cli("predict", str(run), "--source", str(source), cwd=tmp_path)
+    res = cli_in_process(capsys, "predict", str(run), "--source", str(source))
     assert res.returncode == 0, res.stderr
     printed = res.stdout.splitlines()
     for path in files[:2]:  # one line per image: "<file>: <label> <score>, <label> <score>"
@@ -362,7 +372,7 @@ def test_cli_train_evaluate_predict_on_an_image_folder(tmp_path):
         writer.write(np.full((240, 320, 3), level, np.uint8))
     writer.release()
     out_video, out_jsonl = tmp_path / "annotated.mp4", tmp_path / "frames.jsonl"
-    res = run_cli("predict", str(run), "--source", str(clip), "--save", str(out_video), "--jsonl", str(out_jsonl), cwd=tmp_path)
+    res = cli_in_process(capsys, "predict", str(run), "--source", str(clip), "--save", str(out_video), "--jsonl", str(out_jsonl))
     assert res.returncode == 0, res.stderr
     records = [json.loads(line) for line in out_jsonl.read_text().splitlines()]
     assert [r["frame"] for r in records] == list(range(6))
