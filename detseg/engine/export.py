@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import json
 import logging
 import shutil
 import warnings
@@ -27,6 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from detseg.data.files import write_json
 from detseg.data.images import PAD_VALUE
 from detseg.engine.runs import load_model, load_run, metadata_path
 from detseg.errors import DetsegError
@@ -146,7 +146,7 @@ def export(
         **task_metadata,
         "model": model_path.name,
     }
-    metadata_path(target).write_text(json.dumps(metadata, indent=2) + "\n")
+    write_json(metadata, metadata_path(target), indent=2)
     return target
 
 
