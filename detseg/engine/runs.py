@@ -58,12 +58,25 @@ def model_config(model_path: Path, config: str | Path | None = None, overrides: 
     return load_config(cfg_path, overrides)
 
 
-def load_model(model_path: Path, task: Task | None = None) -> keras.Model:
-    """Load a `.keras` file, turning a corrupt or foreign file into a one-line error; with
-    `task`, a model of another task is refused too."""
+UNSAFE_REFUSAL = (
+    "refused to load: the model holds Python code (a Lambda layer) that would run on loading; "
+    "pass --unsafe (unsafe=True) only if you trust where the file came from"
+)
+
+
+def load_model(model_path: Path, task: Task | None = None, *, unsafe: bool = False) -> keras.Model:
+    """Load a `.keras` file in Keras safe mode, turning a corrupt or foreign file into a
+    one-line error; with `task`, a model of another task is refused too.
+
+    Safe mode refuses files that carry Python bytecode (a `Lambda` layer's function): loading
+    one would run code of the file's author. `unsafe=True` (the CLI's `--unsafe`) lifts that for
+    a file the user trusts.
+    """
     try:
-        model = keras.saving.load_model(model_path)
+        model = keras.saving.load_model(model_path, safe_mode=not unsafe)
     except (OSError, ValueError, KeyError, TypeError) as exc:
+        if "safe_mode=False" in str(exc):
+            raise DetsegError(UNSAFE_REFUSAL, model_path) from None
         raise DetsegError(f"cannot load the model: {exc}".splitlines()[0], model_path) from None
     if task is not None:
         task.check_model(model, model_path)

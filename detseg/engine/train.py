@@ -213,7 +213,7 @@ class HistoryLog(keras.callbacks.Callback):
 # === Training ===
 
 
-def _resume_or_build(cfg: Config, task: Task, num_classes: int) -> tuple[keras.Model, int]:
+def _resume_or_build(cfg: Config, task: Task, num_classes: int, unsafe: bool) -> tuple[keras.Model, int]:
     """The model to train and the epoch to start at: `last.keras` and the epochs in
     history.csv when resuming, else a new model at epoch 0."""
     run_dir = cfg.run_dir
@@ -224,7 +224,7 @@ def _resume_or_build(cfg: Config, task: Task, num_classes: int) -> tuple[keras.M
         raise DetsegError("train.resume is set but there is no last.keras to resume from", run_dir)
     initial_epoch = completed_epochs(run_dir)
     log.info("resuming from %s at epoch %d", last, initial_epoch + 1)
-    return load_model(last, task), initial_epoch
+    return load_model(last, task, unsafe=unsafe), initial_epoch
 
 
 def _callbacks(cfg: Config, task: Task, val_data: Any, budget: TimeBudgetSchedule | None) -> list[keras.callbacks.Callback]:
@@ -292,10 +292,11 @@ def _fit_phases(
             return
 
 
-def train(cfg: Config, *, callbacks: Sequence[keras.callbacks.Callback] = ()) -> Path:
+def train(cfg: Config, *, callbacks: Sequence[keras.callbacks.Callback] = (), unsafe: bool = False) -> Path:
     """Train the model a config describes (any `model.kind`); returns the run folder.
 
     `callbacks` are added to Keras's `fit` in every phase (e.g. to watch the frozen phase).
+    `unsafe` lets a resumed run load a `last.keras` holding Python code (`load_model`).
     Ctrl-C (KeyboardInterrupt) saves the model as it is to `last.keras` and is raised again:
     `train.resume: true` continues from there, with the optimizer state.
     """
@@ -314,7 +315,7 @@ def train(cfg: Config, *, callbacks: Sequence[keras.callbacks.Callback] = ()) ->
     log.info(task.describe_data(val_data, "val"))
     dump_config(cfg, run_dir / "config.yaml")
 
-    model, initial_epoch = _resume_or_build(cfg, task, len(cfg.data.names))
+    model, initial_epoch = _resume_or_build(cfg, task, len(cfg.data.names), unsafe)
     loader = task.train_loader(cfg, model, train_data)
     budget = _time_budget(cfg)
     fit_callbacks = [*_callbacks(cfg, task, val_data, budget), *callbacks]
@@ -329,7 +330,7 @@ def train(cfg: Config, *, callbacks: Sequence[keras.callbacks.Callback] = ()) ->
         )
         raise
 
-    best = load_model(run_dir / "best.keras", task)
+    best = load_model(run_dir / "best.keras", task, unsafe=unsafe)
     print(task.evaluate(cfg, best, val_data, run_dir).text)
     task.after_training(cfg, best, run_dir)
     return run_dir
