@@ -108,7 +108,8 @@ class CtrlCOnce(keras.callbacks.Callback):
             raise KeyboardInterrupt
 
 
-def test_ctrl_c_saves_last_keras_exits_130_and_resume_continues(tmp_path, monkeypatch, caplog):
+def interrupt_a_tiny_run(tmp_path, monkeypatch, caplog):
+    """Train the tiny detector with Ctrl-C before batch 1 of epoch 1; check what it left."""
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(detector_config(tmp_path)))  # 8 images, batch 4: 2 steps/epoch
     fired: list = []
@@ -122,7 +123,16 @@ def test_ctrl_c_saves_last_keras_exits_130_and_resume_continues(tmp_path, monkey
     assert "interrupted after 1 complete epoch(s)" in caplog.text and "train.resume=true" in caplog.text
     assert epochs_logged(run_dir) == [0]
     assert iterations(run_dir / "last.keras") == 3  # epoch 0's 2 steps + 1 step of epoch 1
+    return config, run_dir
 
+
+def test_ctrl_c_saves_last_keras_and_exits_130(tmp_path, monkeypatch, caplog):
+    interrupt_a_tiny_run(tmp_path, monkeypatch, caplog)
+
+
+@pytest.mark.slow
+def test_a_run_stopped_by_ctrl_c_resumes_with_the_optimizer_state(tmp_path, monkeypatch, caplog):
+    config, run_dir = interrupt_a_tiny_run(tmp_path, monkeypatch, caplog)
     assert main(["-q", "train", str(config), "--set", "train.resume=true"]) == 0
     assert epochs_logged(run_dir) == [0, 1]  # every epoch once
     assert iterations(run_dir / "last.keras") == 5  # the optimizer continued: 3 + epoch 1's 2 steps
