@@ -58,6 +58,14 @@ def _start_backend(args: argparse.Namespace) -> None:
         start_backend_quietly()
 
 
+def _add_unsafe(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--unsafe",
+        action="store_true",
+        help="load a .keras model even if it holds Python code (Lambda layers): only for files you trust",
+    )
+
+
 def _add_set(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. train.epochs=3 (repeatable)"
@@ -71,7 +79,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = _load(args)
     from detseg.engine.train import train
 
-    run_dir = train(cfg)
+    run_dir = train(cfg, unsafe=args.unsafe)
     print(f"run folder: {run_dir}")
     return EXIT_OK
 
@@ -96,7 +104,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if not args.model:
         raise DetsegError("evaluate needs a model (.keras) or run folder, or --gt and --dt files")
     _start_backend(args)
-    evaluate.evaluate_model(args.model, config=args.config, overrides=_overrides(args.set), split=args.split)
+    evaluate.evaluate_model(args.model, config=args.config, overrides=_overrides(args.set), split=args.split, unsafe=args.unsafe)
     return EXIT_OK
 
 
@@ -116,6 +124,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         iou_thr=args.iou,
         config=args.config,
         overrides=_overrides(args.set),
+        unsafe=args.unsafe,
     )
     return EXIT_OK
 
@@ -147,7 +156,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     _start_backend(args)
     from detseg.engine.export import export
 
-    out = export(args.model, fmt=args.format, out=args.out, config=args.config)
+    out = export(args.model, fmt=args.format, out=args.out, config=args.config, unsafe=args.unsafe)
     print(f"exported: {out}")
     return EXIT_OK
 
@@ -190,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("train", _cmd_train, "train a model from a YAML config")
     p.add_argument("config", help="YAML config file")
     _add_set(p)
+    _add_unsafe(p)
 
     p = add("evaluate", _cmd_evaluate, "evaluate a model on a split, or score a COCO results file")
     p.add_argument("model", nargs="?", help="run folder or .keras model")
@@ -202,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iou-thr", type=float, default=0.5, help="IoU threshold of the VOC protocols")
     p.add_argument("--json", help="write the metrics JSON here")
     _add_set(p)
+    _add_unsafe(p)
 
     p = add("predict", _cmd_predict, "run a model on an image, folder, glob, video, stream or webcam")
     p.add_argument("model", help="run folder, .keras model or exported model")
@@ -215,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iou", type=float, help="NMS IoU threshold (default: the model's predict config)")
     p.add_argument("--config", help="config (default: config.yaml beside the model)")
     _add_set(p)
+    _add_unsafe(p)
 
     p = add("anchors", _cmd_anchors, "fit k-means prior boxes to a config's training boxes")
     p.add_argument("config", help="YAML config file")
@@ -239,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", required=True, choices=["savedmodel", "tflite", "onnx"])
     p.add_argument("--out", help="output path (default: next to the model)")
     p.add_argument("--config", help="config (default: config.yaml beside the model)")
+    _add_unsafe(p)
 
     p = add("demo", _cmd_demo, "the main job on the built-in shapes data: train, evaluate, predict on images and video")
     p.add_argument("config", nargs="?", default="configs/shapes_yolov3_tiny.yaml", help="a shapes config")

@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from detseg.atomic import write_text
 from detseg.errors import DetsegError
 
 __all__ = [
@@ -746,13 +747,10 @@ def set_config_value(path: str | Path, key: str, value: Any) -> Config:
     cfg = load_config(p, {key: value})
     raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     _apply_override(raw, key, value)
-    p.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    write_text(p, yaml.safe_dump(raw, sort_keys=False))
     return cfg
 
 
 def dump_config(cfg: Config, path: str | Path) -> Path:
-    """Write the fully resolved config as YAML (every field, defaults included)."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
-    return out
+    """Write the fully resolved config as YAML (every field, defaults included), atomically."""
+    return write_text(path, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

@@ -9,6 +9,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+from detseg.atomic import write_text
 from detseg.errors import DetsegError
 
 __all__ = ["format_number", "image_in_folder", "read_json", "read_xml", "relative_name", "write_json"]
@@ -57,16 +58,8 @@ def write_json(obj: Any, path: str | Path, *, indent: int | None = None) -> Path
     The text goes to a temporary name that then replaces `path`, so an interrupted write
     never leaves a truncated file in place of a good one.
     """
-    path = Path(path)
     separators = (",", ":") if indent is None else None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".partial")
-        partial.write_text(json.dumps(obj, indent=indent, separators=separators) + "\n", encoding="utf-8")
-        os.replace(partial, path)
-    except OSError as err:
-        raise DetsegError(f"cannot write ({err.strerror})", path) from None
-    return path
+    return write_text(path, json.dumps(obj, indent=indent, separators=separators) + "\n")
 
 
 def relative_name(path: Path, root: Path | None) -> str:

@@ -53,16 +53,18 @@ def evaluate_model(
     overrides: dict | None = None,
     split: str = "val",
     print_fn: Callable[[str], None] = print,
+    unsafe: bool = False,
 ) -> dict:
     """`detseg evaluate RUN_OR_MODEL`: the task's report on a split (COCO + VOC tables for a
     detector, accuracy and top-k for a classifier, ...), its files written beside the model
-    (val split) or in an `eval_<split>` folder. Returns the metrics dict."""
+    (val split) or in an `eval_<split>` folder. `unsafe` loads a model holding Python code
+    (`runs.load_model`). Returns the metrics dict."""
     from detseg.engine.runs import load_model, load_run
 
     model_path, cfg, task = load_run(model, config, overrides)
     data = task.load_data(cfg, split)
     task.check_val_data(cfg, data)
     out_dir = model_path.parent if split == "val" else model_path.parent / f"eval_{split}"
-    report = task.evaluate(cfg, load_model(model_path, task), data, out_dir)
+    report = task.evaluate(cfg, load_model(model_path, task, unsafe=unsafe), data, out_dir)
     print_fn(report.text)
     return report.metrics

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import json
 import logging
 import shutil
 import warnings
@@ -27,6 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from detseg.data.files import write_json
 from detseg.data.images import PAD_VALUE
 from detseg.engine.runs import load_model, load_run, metadata_path
 from detseg.errors import DetsegError
@@ -98,13 +98,15 @@ def export(
     out: str | Path | None = None,
     *,
     config: str | Path | None = None,
+    unsafe: bool = False,
 ) -> Path:
     """Export a trained model (a `.keras` file or a run folder) with its post-processing inside.
 
     `fmt` is "savedmodel" (a folder), "tflite" or "onnx"; `out` defaults to the model's path
     with `_saved_model`, `.tflite` or `.onnx`. Class names and the task's settings come from
     `config` (default: config.yaml beside the model). Writes the artefact and its
-    `<artefact>.json` metadata; returns the artefact's path.
+    `<artefact>.json` metadata; returns the artefact's path. `unsafe` loads a model holding
+    Python code (`runs.load_model`).
     """
     if fmt not in EXPORT_FORMATS:
         raise DetsegError(
@@ -118,7 +120,7 @@ def export(
     if fmt == "onnx":
         _check_onnx_packages()
     target = _output_path(model_path, fmt, out)
-    trained = load_model(model_path, task)
+    trained = load_model(model_path, task, unsafe=unsafe)
     serving, task_metadata = task.serving_model(cfg, trained, fmt)
     size, channels = cfg.model.input_size, int(trained.input_shape[-1])
     serving(np.zeros((1, size, size, channels), np.uint8))  # build it (Keras exports need a called model)
@@ -146,7 +148,7 @@ def export(
         **task_metadata,
         "model": model_path.name,
     }
-    metadata_path(target).write_text(json.dumps(metadata, indent=2) + "\n")
+    write_json(metadata, metadata_path(target), indent=2)
     return target
 
 

@@ -32,13 +32,15 @@ def predict(
     iou_thr: float | None = None,
     config: str | None = None,
     overrides: dict[str, Any] | None = None,
+    unsafe: bool = False,
 ) -> StreamSummary:
     """Run a model on an image, folder, glob, video, stream or webcam and write the outputs.
 
     `model` is a run folder, a `.keras` file, or an exported ONNX / TFLite / SavedModel
     artefact. `score_thr` and `iou_thr` override a detector's predict thresholds; `config`
     replaces the config.yaml beside the model, and `overrides` ({"predict.tile": True}) change
-    it. Returns the run's `StreamSummary`.
+    it. `unsafe` loads a `.keras` model holding Python code (`runs.load_model`). Returns the
+    run's `StreamSummary`.
     """
     if exported_format(model) is not None:  # an ONNX / TFLite / SavedModel export
         if overrides:
@@ -51,7 +53,7 @@ def predict(
 
     def build():
         return task.predictor(
-            cfg, load_model(model_path, task), score_thr=score_thr, iou_thr=iou_thr, batch=max(1, batch)
+            cfg, load_model(model_path, task, unsafe=unsafe), score_thr=score_thr, iou_thr=iou_thr, batch=max(1, batch)
         )
 
     return run_on_source(

@@ -5,12 +5,14 @@ other engine module, so train, evaluate, predict and export all build on it."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Any
 
 import keras
 
+from detseg.atomic import replacing, write_text
 from detseg.config import Config, load_config
 from detseg.errors import DetsegError
 from detseg.tasks import Task, task_for
@@ -24,8 +26,11 @@ __all__ = [
     "load_run",
     "metadata_path",
     "model_config",
+    "read_history",
     "read_metadata",
     "resolve_model_path",
+    "save_model",
+    "write_history",
 ]
 
 HISTORY_FILE = "history.csv"
@@ -53,12 +58,25 @@ def model_config(model_path: Path, config: str | Path | None = None, overrides: 
     return load_config(cfg_path, overrides)
 
 
-def load_model(model_path: Path, task: Task | None = None) -> keras.Model:
-    """Load a `.keras` file, turning a corrupt or foreign file into a one-line error; with
-    `task`, a model of another task is refused too."""
+UNSAFE_REFUSAL = (
+    "refused to load: the model holds Python code (a Lambda layer) that would run on loading; "
+    "pass --unsafe (unsafe=True) only if you trust where the file came from"
+)
+
+
+def load_model(model_path: Path, task: Task | None = None, *, unsafe: bool = False) -> keras.Model:
+    """Load a `.keras` file in Keras safe mode, turning a corrupt or foreign file into a
+    one-line error; with `task`, a model of another task is refused too.
+
+    Safe mode refuses files that carry Python bytecode (a `Lambda` layer's function): loading
+    one would run code of the file's author. `unsafe=True` (the CLI's `--unsafe`) lifts that for
+    a file the user trusts.
+    """
     try:
-        model = keras.saving.load_model(model_path)
+        model = keras.saving.load_model(model_path, safe_mode=not unsafe)
     except (OSError, ValueError, KeyError, TypeError) as exc:
+        if "safe_mode=False" in str(exc):
+            raise DetsegError(UNSAFE_REFUSAL, model_path) from None
         raise DetsegError(f"cannot load the model: {exc}".splitlines()[0], model_path) from None
     if task is not None:
         task.check_model(model, model_path)
@@ -75,7 +93,16 @@ def load_run(
     return model_path, cfg, task_for(cfg)
 
 
-def _history_rows(run_dir: Path) -> list[dict[str, str]]:
+def save_model(model: keras.Model, path: Path) -> Path:
+    """Save `model` (with its optimizer state) to `path` atomically: a save interrupted by a
+    crash, Ctrl-C or a full disk leaves the previous file intact (`detseg.atomic`)."""
+    with replacing(path) as partial:
+        model.save(partial)
+    return path
+
+
+def read_history(run_dir: Path) -> list[dict[str, str]]:
+    """The rows of a run's history.csv, one per completed epoch (none when absent)."""
     path = run_dir / HISTORY_FILE
     if not path.is_file():
         return []
@@ -85,18 +112,29 @@ def _history_rows(run_dir: Path) -> list[dict[str, str]]:
 
 def completed_epochs(run_dir: Path) -> int:
     """Epochs already logged in a run's history.csv (0 when absent)."""
-    return len(_history_rows(run_dir))
+    return len(read_history(run_dir))
+
+
+def write_history(run_dir: Path, rows: list[dict[str, Any]]) -> Path:
+    """Write the epochs' logs as history.csv (atomically): `epoch` first, then every key logged
+    in any epoch, sorted; a key an epoch did not log is left empty."""
+    keys = sorted({key for row in rows for key in row} - {"epoch"})
+    out = io.StringIO()
+    writer = csv.DictWriter(out, ["epoch", *keys], restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return write_text(run_dir / HISTORY_FILE, out.getvalue())
 
 
 def best_logged(run_dir: Path, key: str) -> float | None:
     """The best (highest) `key` logged in a run's history.csv, None when never logged."""
-    values = [float(row[key]) for row in _history_rows(run_dir) if row.get(key)]
+    values = [float(row[key]) for row in read_history(run_dir) if row.get(key)]
     return max(values) if values else None
 
 
 def last_logged(run_dir: Path, key: str) -> float | None:
     """The last logged value of `key` (e.g. the training minutes spent), None when absent."""
-    values = [float(row[key]) for row in _history_rows(run_dir) if row.get(key)]
+    values = [float(row[key]) for row in read_history(run_dir) if row.get(key)]
     return values[-1] if values else None
 
 

@@ -5,6 +5,11 @@ anchors, ...), `best.keras` (best validation score, the task's `monitor`), `last
 `history.csv`, TensorBoard logs and the task's evaluation report of the best model.
 Setup, resume, checkpoints, the training phases (freeze-then-fine-tune), the time limit
 and TensorBoard exist here once.
+
+Crash safety: every run-folder file is written under a temporary name and renamed
+(`detseg.atomic`), last.keras before the epoch's history.csv row, so a run killed at any moment
+resumes (`train.resume: true`) from its last completed epoch with the optimizer state, and its
+history lists every epoch once. Ctrl-C saves last.keras as it is before the CLI exits 130.
 """
 
 from __future__ import annotations
@@ -20,12 +25,28 @@ from typing import Any
 import keras
 
 from detseg.config import Config, TrainConfig, dump_config
-from detseg.engine.runs import best_logged, completed_epochs, last_logged, load_model
+from detseg.engine.runs import (
+    best_logged,
+    completed_epochs,
+    last_logged,
+    load_model,
+    read_history,
+    save_model,
+    write_history,
+)
 from detseg.errors import DetsegError
 from detseg.metrics import EvaluateCallback
 from detseg.tasks import Task, task_for
 
-__all__ = ["TimeBudgetSchedule", "make_optimizer", "set_precision", "train", "training_phases"]
+__all__ = [
+    "Checkpoint",
+    "HistoryLog",
+    "TimeBudgetSchedule",
+    "make_optimizer",
+    "set_precision",
+    "train",
+    "training_phases",
+]
 
 log = logging.getLogger("detseg")
 
@@ -142,10 +163,57 @@ def set_precision(cfg: Config) -> None:
         keras.mixed_precision.set_global_policy("mixed_float16" if on_gpu else "mixed_bfloat16")
 
 
+# === Run-folder callbacks ===
+
+
+class Checkpoint(keras.callbacks.Callback):
+    """Save the model (with its optimizer state) to `path` at the end of every epoch, atomically.
+
+    With `monitor`, only when the epoch's logged value beats `best` (a previous run's best
+    score, or None) and every value seen since. Unlike Keras's `ModelCheckpoint`, which writes
+    the file in place, a save interrupted by a crash or Ctrl-C leaves the previous file whole.
+    """
+
+    def __init__(self, path: Path, monitor: str | None = None, best: float | None = None):
+        super().__init__()
+        self.path, self.monitor, self.best = Path(path), monitor, best
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.monitor is not None:
+            value = (logs or {}).get(self.monitor)
+            if value is None or math.isnan(value) or (self.best is not None and value <= self.best):
+                return
+            self.best = float(value)
+        save_model(self.model, self.path)
+
+
+def _cell(value: Any) -> Any:
+    """A log value as history.csv writes it: numbers as Python floats (shortest exact text)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value
+
+
+class HistoryLog(keras.callbacks.Callback):
+    """history.csv, rewritten atomically at the end of every epoch: one row per epoch, the rows
+    already in `run_dir` kept when `append` (a later phase, a resumed run). A run killed at any
+    moment leaves a whole file that lists exactly the completed epochs (what resume counts)."""
+
+    def __init__(self, run_dir: Path, append: bool):
+        super().__init__()
+        self.run_dir = run_dir
+        self.rows: list[dict[str, Any]] = list(read_history(run_dir)) if append else []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.rows.append({"epoch": epoch, **{key: _cell(v) for key, v in (logs or {}).items()}})
+        write_history(self.run_dir, self.rows)
+
+
 # === Training ===
 
 
-def _resume_or_build(cfg: Config, task: Task, num_classes: int) -> tuple[keras.Model, int]:
+def _resume_or_build(cfg: Config, task: Task, num_classes: int, unsafe: bool) -> tuple[keras.Model, int]:
     """The model to train and the epoch to start at: `last.keras` and the epochs in
     history.csv when resuming, else a new model at epoch 0."""
     run_dir = cfg.run_dir
@@ -156,7 +224,7 @@ def _resume_or_build(cfg: Config, task: Task, num_classes: int) -> tuple[keras.M
         raise DetsegError("train.resume is set but there is no last.keras to resume from", run_dir)
     initial_epoch = completed_epochs(run_dir)
     log.info("resuming from %s at epoch %d", last, initial_epoch + 1)
-    return load_model(last, task), initial_epoch
+    return load_model(last, task, unsafe=unsafe), initial_epoch
 
 
 def _callbacks(cfg: Config, task: Task, val_data: Any, budget: TimeBudgetSchedule | None) -> list[keras.callbacks.Callback]:
@@ -165,14 +233,12 @@ def _callbacks(cfg: Config, task: Task, val_data: Any, budget: TimeBudgetSchedul
     run_dir = cfg.run_dir
     callbacks: list[keras.callbacks.Callback] = [
         EvaluateCallback(lambda model: task.validate(cfg, model, val_data), every=cfg.train.eval_every),
-        keras.callbacks.ModelCheckpoint(
+        Checkpoint(
             run_dir / "best.keras",
             monitor=task.monitor,
-            mode="max",
-            save_best_only=True,
-            initial_value_threshold=best_logged(run_dir, task.monitor) if cfg.train.resume else None,
+            best=best_logged(run_dir, task.monitor) if cfg.train.resume else None,
         ),
-        keras.callbacks.ModelCheckpoint(run_dir / "last.keras"),
+        Checkpoint(run_dir / "last.keras"),
     ]
     if importlib.util.find_spec("tensorflow") and importlib.util.find_spec("tensorboard"):
         callbacks.append(keras.callbacks.TensorBoard(run_dir / "logs"))
@@ -218,17 +284,21 @@ def _fit_phases(
             epochs=end,
             initial_epoch=first,
             shuffle=False,  # the loader shuffles itself, seeded per epoch
-            callbacks=[*callbacks, keras.callbacks.CSVLogger(cfg.run_dir / "history.csv", append=first > 0)],
+            # last: it logs what the callbacks before it added, once last.keras is saved
+            callbacks=[*callbacks, HistoryLog(cfg.run_dir, append=first > 0)],
             verbose=2 if log.isEnabledFor(logging.INFO) else 0,
         )
         if len(history.epoch) < end - first:  # stopped by the time limit
             return
 
 
-def train(cfg: Config, *, callbacks: Sequence[keras.callbacks.Callback] = ()) -> Path:
+def train(cfg: Config, *, callbacks: Sequence[keras.callbacks.Callback] = (), unsafe: bool = False) -> Path:
     """Train the model a config describes (any `model.kind`); returns the run folder.
 
     `callbacks` are added to Keras's `fit` in every phase (e.g. to watch the frozen phase).
+    `unsafe` lets a resumed run load a `last.keras` holding Python code (`load_model`).
+    Ctrl-C (KeyboardInterrupt) saves the model as it is to `last.keras` and is raised again:
+    `train.resume: true` continues from there, with the optimizer state.
     """
     task = task_for(cfg)
     run_dir = cfg.run_dir
@@ -245,13 +315,22 @@ def train(cfg: Config, *, callbacks: Sequence[keras.callbacks.Callback] = ()) ->
     log.info(task.describe_data(val_data, "val"))
     dump_config(cfg, run_dir / "config.yaml")
 
-    model, initial_epoch = _resume_or_build(cfg, task, len(cfg.data.names))
+    model, initial_epoch = _resume_or_build(cfg, task, len(cfg.data.names), unsafe)
     loader = task.train_loader(cfg, model, train_data)
     budget = _time_budget(cfg)
     fit_callbacks = [*_callbacks(cfg, task, val_data, budget), *callbacks]
-    _fit_phases(cfg, task, model, loader, initial_epoch, fit_callbacks, budget)
+    try:
+        _fit_phases(cfg, task, model, loader, initial_epoch, fit_callbacks, budget)
+    except KeyboardInterrupt:
+        save_model(model, run_dir / "last.keras")
+        log.warning(
+            "interrupted after %d complete epoch(s): %s saved; continue with --set train.resume=true",
+            completed_epochs(run_dir),
+            run_dir / "last.keras",
+        )
+        raise
 
-    best = load_model(run_dir / "best.keras", task)
+    best = load_model(run_dir / "best.keras", task, unsafe=unsafe)
     print(task.evaluate(cfg, best, val_data, run_dir).text)
     task.after_training(cfg, best, run_dir)
     return run_dir

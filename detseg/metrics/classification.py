@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from detseg.metrics.plots import save_figure
+
 __all__ = ["TOP_K", "classification_metrics", "format_classification", "plot_class_confusion"]
 
 TOP_K = (1, 2, 3, 5)
@@ -70,10 +72,7 @@ def plot_class_confusion(matrix: np.ndarray, class_names: list[str], path: str |
             color = "white" if shares[i, j] > 0.5 else "black"
             ax.text(j, i, str(count), ha="center", va="center", fontsize=7, color=color)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    return path
+    return save_figure(fig, path)
 
 
 def format_classification(metrics: dict) -> str:

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from detseg.atomic import replacing
+
 _RECALL_POINTS = np.linspace(0.0, 1.0, 101)
 
 
@@ -26,9 +28,11 @@ def sample_precision(recall: np.ndarray, precision: np.ndarray) -> np.ndarray:
     return sampled
 
 
-def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Save a figure as PNG atomically (a killed run never leaves a half-written plot)."""
+    path = Path(path)
+    with replacing(path) as partial:
+        fig.savefig(partial, dpi=100)
     return path
 
 
@@ -44,7 +48,7 @@ def plot_pr_curves(
         ax = fig.subplots()
         ax.plot(recall, precision, drawstyle="steps-post")
         _decorate(ax, f"{name} {title}".strip())
-        paths.append(_save(fig, out_dir / f"pr_{_file_stem(name)}.png"))
+        paths.append(save_figure(fig, out_dir / f"pr_{_file_stem(name)}.png"))
     fig = Figure(figsize=(6, 5))
     ax = fig.subplots()
     for recall, precision in curves.values():
@@ -55,7 +59,7 @@ def plot_pr_curves(
                 label=f"mean of {len(curves)} classes")
         ax.legend(loc="lower left")
     _decorate(ax, f"all classes {title}".strip())
-    paths.append(_save(fig, out_dir / "pr_all.png"))
+    paths.append(save_figure(fig, out_dir / "pr_all.png"))
     return paths
 
 
@@ -92,4 +96,4 @@ def plot_confusion_matrix(
                 ax.text(j, i, f"{v:.2f}" if normalize else str(matrix[i, j]),
                         ha="center", va="center", fontsize=7)
     fig.tight_layout()
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))

@@ -20,6 +20,7 @@ import cv2
 import keras
 import numpy as np
 
+from detseg.atomic import replacing
 from detseg.config import Config
 from detseg.data import (
     IGNORE_INDEX,
@@ -94,9 +95,9 @@ def _gallery(dataset: Dataset, maps: list[np.ndarray], skip: list[int], path: Pa
         rows += [cv2.resize(p, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) for p in panels]
     width = max(r.shape[1] for r in rows)
     rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), cv2.cvtColor(tile_images(rows, 3), cv2.COLOR_RGB2BGR)):
-        raise DetsegError("cannot write the gallery image", path)
+    with replacing(path) as partial:
+        if not cv2.imwrite(str(partial), cv2.cvtColor(tile_images(rows, 3), cv2.COLOR_RGB2BGR)):
+            raise DetsegError("cannot write the gallery image", path)
     return path
 
 
