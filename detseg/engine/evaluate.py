@@ -65,6 +65,6 @@ def evaluate_model(
     data = task.load_data(cfg, split)
     task.check_val_data(cfg, data)
     out_dir = model_path.parent if split == "val" else model_path.parent / f"eval_{split}"
-    report = task.evaluate(cfg, load_model(model_path, task, unsafe=unsafe), data, out_dir)
+    report = task.evaluate(cfg, load_model(model_path, task, unsafe=unsafe, names=cfg.data.names), data, out_dir)
     print_fn(report.text)
     return report.metrics

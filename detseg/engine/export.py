@@ -120,7 +120,7 @@ def export(
     if fmt == "onnx":
         _check_onnx_packages()
     target = _output_path(model_path, fmt, out)
-    trained = load_model(model_path, task, unsafe=unsafe)
+    trained = load_model(model_path, task, unsafe=unsafe, names=cfg.data.names)
     serving, task_metadata = task.serving_model(cfg, trained, fmt)
     size, channels = cfg.model.input_size, int(trained.input_shape[-1])
     serving(np.zeros((1, size, size, channels), np.uint8))  # build it (Keras exports need a called model)

@@ -53,7 +53,7 @@ def predict(
 
     def build():
         return task.predictor(
-            cfg, load_model(model_path, task, unsafe=unsafe), score_thr=score_thr, iou_thr=iou_thr, batch=max(1, batch)
+            cfg, load_model(model_path, task, unsafe=unsafe, names=cfg.data.names), score_thr=score_thr, iou_thr=iou_thr, batch=max(1, batch)
         )
 
     return run_on_source(

@@ -64,9 +64,12 @@ UNSAFE_REFUSAL = (
 )
 
 
-def load_model(model_path: Path, task: Task | None = None, *, unsafe: bool = False) -> keras.Model:
+def load_model(
+    model_path: Path, task: Task | None = None, *, unsafe: bool = False, names: list[str] | None = None
+) -> keras.Model:
     """Load a `.keras` file in Keras safe mode, turning a corrupt or foreign file into a
-    one-line error; with `task`, a model of another task is refused too.
+    one-line error; with `task`, a model of another task is refused too, and with `names`
+    (the config's classes) a model with another number of classes.
 
     Safe mode refuses files that carry Python bytecode (a `Lambda` layer's function): loading
     one would run code of the file's author. `unsafe=True` (the CLI's `--unsafe`) lifts that for
@@ -79,7 +82,7 @@ def load_model(model_path: Path, task: Task | None = None, *, unsafe: bool = Fal
             raise DetsegError(UNSAFE_REFUSAL, model_path) from None
         raise DetsegError(f"cannot load the model: {exc}".splitlines()[0], model_path) from None
     if task is not None:
-        task.check_model(model, model_path)
+        task.check_model(model, model_path, names)
     return model
 
 

@@ -147,11 +147,22 @@ class Task(ABC):
         """An exported artefact (its `runner`: uint8 letterboxed batch -> outputs by name, and
         the metadata written beside it) behind the stream runner's `Predictor` contract."""
 
-    def check_model(self, model: keras.Model, source: str | Path) -> None:
-        """Refuse a loaded model that this task cannot run (a `.keras` file of another task)."""
+    def predicted_classes(self, model: keras.Model) -> int:
+        """How many classes `model` (this task's) tells apart, as many as its config names."""
+        return int(model.num_classes)
+
+    def check_model(self, model: keras.Model, source: str | Path, names: list[str] | None = None) -> None:
+        """Refuse a loaded model that this task cannot run: a `.keras` file of another task, or
+        one whose classes are not the `names` of the config it is run with."""
         if not isinstance(model, self.model_class):
             raise DetsegError(
                 f"this is a {type(model).__name__}, not a {self.model_class.__name__} "
                 f"(model.kind {self.kind!r} in its config)",
+                source,
+            )
+        if names is not None and self.predicted_classes(model) != len(names):
+            raise DetsegError(
+                f"the model predicts {self.predicted_classes(model)} classes but its config "
+                f"names {len(names)}: {names}",
                 source,
             )

@@ -59,6 +59,9 @@ class ClassifyTask(Task):
     monitor = "val_accuracy"
     model_class = ImageClassifier
 
+    def predicted_classes(self, model: ImageClassifier) -> int:
+        return int(model.output_shape[-1])
+
     def load_data(self, cfg: Config, split: str) -> Crops:
         crops = load_classification_split(cfg.data, split)
         check_classes(crops, split, None if split == "train" else cfg.data.names)

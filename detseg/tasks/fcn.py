@@ -62,6 +62,9 @@ class FCNTask(ClassifyTask):
     kind = "fcn"
     monitor = "val_mAP50"
 
+    def predicted_classes(self, model: ImageClassifier) -> int:
+        return int(model.output_shape[-1]) - 1  # the last output is the background
+
     # === Data ===
 
     def load_data(self, cfg: Config, split: str) -> WindowData:

@@ -126,6 +126,9 @@ class SegmentTask(Task):
     monitor = "val_mIoU"
     model_class = UNetSegmenter
 
+    def predicted_classes(self, model: UNetSegmenter) -> int:
+        return max(2, model.num_classes)  # one logit: background and foreground
+
     def load_data(self, cfg: Config, split: str) -> Dataset:
         data = cfg.data
         instances = data.builtin is None and data.format in INSTANCE_FORMATS

@@ -198,6 +198,20 @@ def _keras_file(path: Path) -> None:
     keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)]).save(path)
 
 
+def _detseg_model(kind: str, num_classes: int) -> Callable[[Path], None]:
+    """A `.keras` file of a tiny detseg model of task `kind` with `num_classes` classes."""
+
+    def write(path: Path) -> None:
+        from detseg.tasks import TASKS
+
+        anchors = [[4.0 * (i + 1)] * 2 for i in range(9)]
+        small = {"model.backbone": "darknet_tiny", "model.backbone_width": 0.125, "model.input_size": 32}
+        cfg = load_config(None, {"model.kind": kind, **small, **({"model.yolo.anchors": anchors} if kind == "yolov3" else {})})
+        TASKS[kind].build_model(cfg, num_classes).save(path)
+
+    return write
+
+
 def _truncated_keras_file(path: Path) -> None:
     _keras_file(path)
     path.write_bytes(path.read_bytes()[:300])
@@ -318,6 +332,8 @@ CASES = [
     Case("model-not-a-model", model(not_an_image), "model.keras", "cannot load the model", cli=_evaluate, library=_evaluate_library),
     Case("model-truncated", model(_truncated_keras_file), "model.keras", "cannot load the model", cli=_evaluate, library=_evaluate_library),
     Case("model-of-another-task", model(_keras_file), "model.keras", "this is a Sequential, not a", cli=_evaluate, library=_evaluate_library),
+    Case("model-of-another-detseg-task", model(_detseg_model("classifier", 2)), "model.keras", "this is a ImageClassifier, not a YoloDetector", cli=_evaluate, library=_evaluate_library),
+    Case("model-classes-differ", model(_detseg_model("yolov3", 2)), "model.keras", "the model predicts 2 classes but its config names 1: ['cat']", cli=_evaluate, library=_evaluate_library),
     Case("config-missing-data-path", config_text("data:\n  format: voc\n  train:\n    annotations: /nonexistent/voc\n"), "/nonexistent/voc", "VOC annotation folder not found"),
 ]
 
