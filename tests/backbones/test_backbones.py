@@ -82,22 +82,12 @@ def test_backbone_pyramid_and_keras_round_trip(name, tmp_path, forward):
         np.testing.assert_allclose(values, outputs[level], rtol=1e-5, atol=1e-6)
 
 
-# Under JAX every distinct weight shape compiles its own random initialiser (~0.3 s each on
-# a 2-core CPU), so the nets with many distinct convs build slowly there: 10-60 s each.
-SLOW_UNDER_JAX = {
-    "googlenet", "xception", "resnet50", "se_resnet50", "darknet53", "fashion_cnn", "applications:MobileNetV2"
-}  # fmt: skip
-
-
 @pytest.mark.jax
 @pytest.mark.skipif(
     keras.backend.backend() != "jax",
     reason="under TensorFlow test_backbone_pyramid_and_keras_round_trip covers it",
 )
-@pytest.mark.parametrize(
-    "name",
-    [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_UNDER_JAX else n for n in PAPER_CHANNELS],
-)
+@pytest.mark.parametrize("name", list(PAPER_CHANNELS))
 def test_backbone_pyramid_under_jax(name, forward):
     _forward_and_check_pyramid(name, _build(name, (None, None, 3)), forward)
 
