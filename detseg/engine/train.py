@@ -2,7 +2,8 @@
 
 The run folder `<out_dir>/<name>/` receives `config.yaml` (resolved: class names, fitted
 anchors, ...), `best.keras` (best validation score, the task's `monitor`), `last.keras`,
-`history.csv`, TensorBoard logs and the task's evaluation report of the best model.
+`history.csv` (with the learning rate, `lr`), `plots/curves.png` (every loss term, validation
+metric and the learning rate per epoch), TensorBoard logs and the task's evaluation report of the best model.
 Setup, resume, checkpoints, the training phases (freeze-then-fine-tune), the time limit
 and TensorBoard exist here once.
 
@@ -35,12 +36,13 @@ from detseg.engine.runs import (
     write_history,
 )
 from detseg.errors import DetsegError
-from detseg.metrics import EvaluateCallback
+from detseg.metrics import EvaluateCallback, plot_training_curves
 from detseg.tasks import Task, task_for
 
 __all__ = [
     "Checkpoint",
     "HistoryLog",
+    "LearningRateLog",
     "TimeBudgetSchedule",
     "make_optimizer",
     "set_precision",
@@ -187,6 +189,14 @@ class Checkpoint(keras.callbacks.Callback):
         save_model(self.model, self.path)
 
 
+class LearningRateLog(keras.callbacks.Callback):
+    """Log the learning rate at the end of every epoch as `lr` (history.csv, the curves)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+
 def _cell(value: Any) -> Any:
     """A log value as history.csv writes it: numbers as Python floats (shortest exact text)."""
     try:
@@ -232,6 +242,7 @@ def _callbacks(cfg: Config, task: Task, val_data: Any, budget: TimeBudgetSchedul
     a better score than any logged so far, also on the first epoch after a resume."""
     run_dir = cfg.run_dir
     callbacks: list[keras.callbacks.Callback] = [
+        LearningRateLog(),
         EvaluateCallback(lambda model: task.validate(cfg, model, val_data), every=cfg.train.eval_every),
         Checkpoint(
             run_dir / "best.keras",
@@ -330,6 +341,7 @@ def train(cfg: Config, *, callbacks: Sequence[keras.callbacks.Callback] = (), un
         )
         raise
 
+    plot_training_curves(read_history(run_dir), run_dir / "plots" / "curves.png")
     best = load_model(run_dir / "best.keras", task, unsafe=unsafe)
     print(task.evaluate(cfg, best, val_data, run_dir).text)
     task.after_training(cfg, best, run_dir)

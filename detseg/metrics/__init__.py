@@ -15,7 +15,12 @@ from detseg.metrics.detection import (
     DetectionEvaluator,
     evaluate_coco_files,
 )
-from detseg.metrics.plots import plot_confusion_matrix, plot_pr_curves
+from detseg.metrics.plots import (
+    curve_panels,
+    plot_confusion_matrix,
+    plot_pr_curves,
+    plot_training_curves,
+)
 from detseg.metrics.segmentation import SegmentationMetrics
 from detseg.metrics.summary import format_coco_summary, format_summary, format_voc_summary
 from detseg.metrics.voc_eval import VocEvaluation, evaluate_voc, voc_ap
@@ -32,6 +37,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "curve_panels",
     "PAD_LABEL",
     "TOP_K",
     "PROTOCOLS",
@@ -52,5 +58,6 @@ __all__ = [
     "plot_class_confusion",
     "plot_confusion_matrix",
     "plot_pr_curves",
+    "plot_training_curves",
     "voc_ap",
 ]

@@ -97,3 +97,36 @@ def plot_confusion_matrix(
                         ha="center", va="center", fontsize=7)
     fig.tight_layout()
     return save_figure(fig, Path(path))
+
+
+# === Training curves ===
+
+_CURVE_COLUMNS = 3
+
+
+def curve_panels(columns: list[str]) -> list[str]:
+    """The panels of `plot_training_curves` for history.csv's columns, in order: the total
+    loss, each loss term, each validation metric, then the learning rate (`lr`)."""
+    losses = sorted((c for c in columns if c.endswith("loss")), key=lambda c: (c != "loss", c))
+    metrics = sorted(c for c in columns if c.startswith("val_"))
+    return [*losses, *metrics, *(["lr"] if "lr" in columns else [])]
+
+
+def plot_training_curves(rows: list[dict[str, str]], path: str | Path) -> Path:
+    """One panel per `curve_panels` column of history.csv's `rows`, against the epoch (the
+    run's story at a glance, like the loss and metric curves of other trainers); an epoch
+    that did not log a value (validation every N epochs) is left out of that panel."""
+    panels = curve_panels(list(rows[0]) if rows else [])
+    grid_rows = max(1, -(-len(panels) // _CURVE_COLUMNS))
+    fig = Figure(figsize=(4 * _CURVE_COLUMNS, 3 * grid_rows))
+    axes = fig.subplots(grid_rows, _CURVE_COLUMNS, squeeze=False).ravel()
+    for ax, name in zip(axes, panels, strict=False):
+        logged = [(int(row["epoch"]) + 1, float(row[name])) for row in rows if row.get(name)]
+        ax.plot(*zip(*logged, strict=True), marker="o", markersize=3)
+        ax.set_title(name)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    for ax in axes[len(panels):]:
+        ax.set_axis_off()
+    fig.tight_layout()
+    return save_figure(fig, path)

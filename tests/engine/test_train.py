@@ -107,7 +107,7 @@ def tiny_run(tmp_path_factory):
 
 def test_run_folder_holds_the_promised_files(tiny_run):
     cfg, run_dir = tiny_run
-    for name in ("config.yaml", "best.keras", "last.keras", "history.csv", "metrics.json", "metrics_voc.json", "detections.json"):
+    for name in ("config.yaml", "best.keras", "last.keras", "history.csv", "metrics.json", "metrics_voc.json", "detections.json", "plots/curves.png"):
         assert (run_dir / name).is_file(), name
     saved = load_config(run_dir / "config.yaml")
     assert saved.data.names == ["circle", "square", "triangle"]
@@ -119,6 +119,7 @@ def test_run_folder_holds_the_promised_files(tiny_run):
         rows = list(csv.DictReader(f))
     assert len(rows) == 1 and {"loss", "box_loss", "obj_loss", "cls_loss", "val_mAP", "val_mAP50"} <= set(rows[0])
     assert all(math.isfinite(float(rows[0][k])) for k in ("loss", "val_mAP"))
+    assert float(rows[0]["lr"]) == pytest.approx(keras.ops.convert_to_numpy(keras.saving.load_model(run_dir / "last.keras").optimizer.learning_rate))
 
 
 def test_evaluate_reproduces_the_training_report(tiny_run):
