@@ -8,14 +8,14 @@ picks the task of a config's `model.kind`.
 from __future__ import annotations
 
 from detseg.config import Config
-from detseg.tasks.base import Report, Task, saved_class_names
+from detseg.tasks.base import Report, Task
 from detseg.tasks.classify import ClassifyTask
 from detseg.tasks.detect import DetectTask
 from detseg.tasks.fcn import FCNTask
 from detseg.tasks.localize import LocalizeTask
 from detseg.tasks.segment import SegmentTask
 
-__all__ = ["TASKS", "Report", "Task", "saved_class_names", "task_for"]
+__all__ = ["TASKS", "Report", "Task", "task_for"]
 
 TASKS: dict[str, Task] = {
     "yolov3": DetectTask(),

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     from detseg.stream import Predictor
 
-__all__ = ["Report", "Task", "refuse_thresholds", "saved_class_names"]
+__all__ = ["Report", "Task", "refuse_thresholds"]
 
 
 @dataclass(frozen=True)
@@ -35,14 +35,6 @@ class Report:
     metrics: dict[str, Any]
     text: str
     files: tuple[Path, ...] = ()
-
-
-def saved_class_names(cfg: Config, num_classes: int) -> list[str]:
-    """Class names saved with a run (`data.names`), checked against the model's outputs."""
-    names = list(cfg.data.names or [])
-    if len(names) != num_classes:
-        raise DetsegError(f"the config names {len(names)} classes but the model predicts {num_classes}")
-    return names
 
 
 def refuse_thresholds(score_thr: float | None, iou_thr: float | None, reports: str, source: str | Path | None = None) -> None:
@@ -150,6 +142,15 @@ class Task(ABC):
     def predicted_classes(self, model: keras.Model) -> int:
         """How many classes `model` (this task's) tells apart, as many as its config names."""
         return int(model.num_classes)
+
+    def saved_class_names(self, cfg: Config, model: keras.Model) -> list[str]:
+        """Class names saved with a run (`data.names`), checked against what `model` predicts."""
+        names = list(cfg.data.names or [])
+        if len(names) != self.predicted_classes(model):
+            raise DetsegError(
+                f"the config names {len(names)} classes but the model predicts {self.predicted_classes(model)}"
+            )
+        return names
 
     def check_model(self, model: keras.Model, source: str | Path, names: list[str] | None = None) -> None:
         """Refuse a loaded model that this task cannot run: a `.keras` file of another task, or

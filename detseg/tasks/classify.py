@@ -30,7 +30,7 @@ from detseg.data.crops import Crops
 from detseg.data.files import write_json
 from detseg.heads.classifier import BACKBONE_LAYER, ImageClassifier, build_classifier
 from detseg.metrics import classification_metrics, format_classification, plot_class_confusion
-from detseg.tasks.base import Report, Task, refuse_thresholds, saved_class_names
+from detseg.tasks.base import Report, Task, refuse_thresholds
 from detseg.tasks.predictors import ClassificationPredictor
 
 REPORTS = "a classifier reports its top-k classes"
@@ -120,7 +120,7 @@ class ClassifyTask(Task):
 
     def _scores(self, cfg: Config, model: ImageClassifier, crops: Crops) -> tuple[dict[str, Any], np.ndarray]:
         """The metrics of `model` on `crops` and its probabilities [N, C]."""
-        saved_class_names(cfg, int(model.output_shape[-1]))  # the saved names must match the model
+        self.saved_class_names(cfg, model)  # the saved names must match the model
         probs = model.predict(self._loader(cfg, crops, train=False), verbose=0)
         return classification_metrics(probs, crops.labels, crops.class_names), probs
 
@@ -149,7 +149,7 @@ class ClassifyTask(Task):
         self, cfg: Config, model: ImageClassifier, *, score_thr: float | None, iou_thr: float | None, batch: int
     ) -> ClassificationPredictor:
         refuse_thresholds(score_thr, iou_thr, REPORTS)
-        names = saved_class_names(cfg, int(model.output_shape[-1]))
+        names = self.saved_class_names(cfg, model)
         return ClassificationPredictor(
             lambda images: model.predict_on_batch(images.astype(np.float32) / 255.0), names, cfg.model.input_size
         )
@@ -163,5 +163,5 @@ class ClassifyTask(Task):
         )
 
     def serving_model(self, cfg: Config, model: ImageClassifier, fmt: str) -> tuple[keras.Model, dict[str, Any]]:
-        names = saved_class_names(cfg, int(model.output_shape[-1]))
+        names = self.saved_class_names(cfg, model)
         return ServingClassifier(model), {"outputs": ["scores"], "class_names": names}

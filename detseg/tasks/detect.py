@@ -32,7 +32,7 @@ from detseg.data.files import write_json
 from detseg.errors import DetsegError
 from detseg.heads import Detector, YoloDetector, build_yolo
 from detseg.metrics import DetectionEvaluator, format_summary
-from detseg.tasks.base import Report, Task, saved_class_names
+from detseg.tasks.base import Report, Task
 from detseg.tasks.predictors import DetectionPredictor
 
 __all__ = [
@@ -254,7 +254,7 @@ class DetectTask(Task):
             agnostic=cfg.predict.agnostic_nms,
             batch_size=max(1, batch),
         )
-        return DetectionPredictor(detector, saved_class_names(cfg, model.num_classes))
+        return DetectionPredictor(detector, self.saved_class_names(cfg, model))
 
     def exported_predictor(
         self, runner, metadata: dict[str, Any], path: Path, *, score_thr: float | None, iou_thr: float | None, batch: int
@@ -276,7 +276,7 @@ class DetectTask(Task):
         serving = ServingDetector(model, thresholds, per_image=fmt == "tflite")
         metadata = {
             "outputs": list(OUTPUT_NAMES),
-            "class_names": saved_class_names(cfg, model.num_classes),
+            "class_names": self.saved_class_names(cfg, model),
             "score_thr": post.score_thr,
             "iou_thr": post.iou_thr,
             "max_det": post.max_det,

@@ -27,7 +27,7 @@ from detseg.errors import DetsegError
 from detseg.heads.classifier import ImageClassifier
 from detseg.heads.fcn import SlidingWindowDetector
 from detseg.metrics import DetectionEvaluator, classification_metrics, format_summary
-from detseg.tasks.base import Report, Task, saved_class_names
+from detseg.tasks.base import Report, Task
 from detseg.tasks.classify import ClassifyTask
 from detseg.tasks.detect import coco_results, ground_truth_of
 from detseg.tasks.predictors import DetectionPredictor
@@ -117,7 +117,7 @@ class FCNTask(ClassifyTask):
     def _detector(
         self, cfg: Config, model: ImageClassifier, score_thr: float, iou_thr: float, max_det: int
     ) -> SlidingWindowDetector:
-        saved_class_names(cfg, int(model.output_shape[-1]) - 1)
+        self.saved_class_names(cfg, model)
         return SlidingWindowDetector(
             model,
             scales=cfg.model.scales,
@@ -183,7 +183,7 @@ class FCNTask(ClassifyTask):
             post.iou_thr if iou_thr is None else iou_thr,
             post.max_det,
         )
-        return DetectionPredictor(detector, saved_class_names(cfg, int(model.output_shape[-1]) - 1))
+        return DetectionPredictor(detector, self.saved_class_names(cfg, model))
 
     def serving_model(
         self, cfg: Config, model: ImageClassifier, fmt: str

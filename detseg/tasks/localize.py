@@ -43,7 +43,7 @@ from detseg.data.single_object import (
 from detseg.errors import DetsegError
 from detseg.heads.localization import CORRECT_IOU, Localizer, box_iou_single, decode_box
 from detseg.metrics import plot_class_confusion
-from detseg.tasks.base import Report, Task, refuse_thresholds, saved_class_names
+from detseg.tasks.base import Report, Task, refuse_thresholds
 from detseg.tasks.predictors import DetectionPredictor
 
 __all__ = [
@@ -244,7 +244,7 @@ class LocalizeTask(Task):
 
     def _scores(self, cfg: Config, model: Localizer, data: Dataset) -> dict[str, Any]:
         """Localization metrics of `model` on `data`, its boxes mapped back to each image's pixels."""
-        names = saved_class_names(cfg, model.num_classes)
+        names = self.saved_class_names(cfg, model)
         side = cfg.model.input_size
         loader = single_object_loader(
             data,
@@ -306,12 +306,12 @@ class LocalizeTask(Task):
         def run(images: np.ndarray) -> dict[str, np.ndarray]:
             return _pixel_outputs(model.predict_on_batch(images.astype(np.float32) / 255.0), side)
 
-        return LocalizationPredictor(run, saved_class_names(cfg, model.num_classes), side)
+        return LocalizationPredictor(run, self.saved_class_names(cfg, model), side)
 
     def serving_model(
         self, cfg: Config, model: Localizer, fmt: str
     ) -> tuple[keras.Model, dict[str, Any]]:
-        names = saved_class_names(cfg, model.num_classes)
+        names = self.saved_class_names(cfg, model)
         return ServingLocalizer(model), {"outputs": list(OUTPUT_NAMES), "class_names": names}
 
     def exported_predictor(

@@ -37,7 +37,7 @@ from detseg.errors import DetsegError
 from detseg.heads.unet import UNetSegmenter, build_unet
 from detseg.heads.unet_infer import Segmenter
 from detseg.metrics import SegmentationMetrics, plot_class_confusion
-from detseg.tasks.base import Report, Task, refuse_thresholds, saved_class_names
+from detseg.tasks.base import Report, Task, refuse_thresholds
 from detseg.tasks.predictors import SegmentationPredictor
 from detseg.viz import draw_semantic, tile_images, untinted_labels
 
@@ -182,7 +182,7 @@ class SegmentTask(Task):
     def evaluate(self, cfg: Config, model: UNetSegmenter, data: Dataset, out_dir: Path) -> Report:
         """metrics.json (mIoU, per-class IoU and Dice, pixel accuracy, confusion matrix),
         confusion_matrix.png and gallery.png (image | truth | prediction) in `out_dir`."""
-        saved_class_names(cfg, max(2, model.num_classes))
+        self.saved_class_names(cfg, model)
         metrics, maps = score_segmenter(self._segmenter(cfg, model), data)
         result = {**metrics.result(), "confusion_matrix": metrics.confusion.tolist(), "num_images": len(data)}
         out = Path(out_dir)
@@ -200,11 +200,11 @@ class SegmentTask(Task):
     ) -> SegmentationPredictor:
         refuse_thresholds(score_thr, iou_thr, REPORTS)
         segmenter = Segmenter.from_model(model, batch, tile=cfg.predict.tile, tile_overlap=cfg.predict.tile_overlap)
-        names = saved_class_names(cfg, max(2, model.num_classes))
+        names = self.saved_class_names(cfg, model)
         return SegmentationPredictor(segmenter, names, rle=cfg.predict.rle)
 
     def serving_model(self, cfg: Config, model: UNetSegmenter, fmt: str) -> tuple[keras.Model, dict[str, Any]]:
-        names = saved_class_names(cfg, max(2, model.num_classes))
+        names = self.saved_class_names(cfg, model)
         return ServingSegmenter(model), {"outputs": ["classes"], "class_names": names}
 
     def exported_predictor(
