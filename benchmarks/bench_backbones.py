@@ -29,8 +29,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
-    one = rng.uniform(0, 1, (1, args.side, args.side, 3)).astype("float32")
-    batch = rng.uniform(0, 1, (8, args.side, args.side, 3)).astype("float32")
+    one = rng.integers(0, 256, (1, args.side, args.side, 3), dtype=np.uint8)
+    batch = rng.integers(0, 256, (8, args.side, args.side, 3), dtype=np.uint8)
     labels = np.arange(8) % 3
     results = {}
     for label, spec in CANDIDATES.items():

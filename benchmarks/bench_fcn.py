@@ -34,7 +34,7 @@ def main() -> None:
     classifier = TASKS[cfg.model.kind].build_model(cfg, 3)
     fcn = to_fully_convolutional(classifier)
     height, width = (int(v) for v in args.size.split("x"))
-    image = np.random.default_rng(0).uniform(0, 1, (height, width, 3)).astype("float32")
+    image = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
     stride = total_stride(fcn)
     grid = keras.ops.convert_to_numpy(fcn(image[None], training=False))[0]
     windows = grid.shape[0] * grid.shape[1]

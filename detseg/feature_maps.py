@@ -38,7 +38,8 @@ def feature_maps(
     `model_or_filters`: a NumPy array `[kh, kw, cin, cout]` (convolved with "same"
     padding, stride 1) or any callable Keras layer/model; for a backbone (dict outputs)
     `level` picks the map set (default: the first). `image`: a file path or an array
-    `[H, W]` / `[H, W, C]`; uint8 pixels are scaled to [0, 1]. When `out_png` is given,
+    `[H, W]` / `[H, W, C]`, passed as float32 pixels with their values (0..255 for uint8, the
+input every detseg model takes and scales itself). When `out_png` is given,
     the first `max_maps` maps are saved there as a grid of grey-level images.
     """
     pixels = _load_image(image)
@@ -63,8 +64,6 @@ def _load_image(image) -> np.ndarray:
         pixels = pixels[:, :, None]
     if pixels.ndim != 3:
         raise DetsegError(f"an image must be [H, W] or [H, W, C], got shape {pixels.shape}")
-    if pixels.dtype == np.uint8:
-        return pixels.astype("float32") / 255.0
     return pixels.astype("float32")
 
 

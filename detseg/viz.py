@@ -182,7 +182,7 @@ def save_gallery(loader: DetectionLoader, out_png: str | Path, *, columns: int =
     skip = untinted_labels(dataset.mask_classes)
     tiles = []
     for i, image in enumerate(images):
-        tile = np.round(image * 255).astype(np.uint8)
+        tile = image
         if masks is not None:
             tile = draw_semantic(tile, masks[i], skip=skip)
         tiles.append(draw_detections(tile, boxes[i], labels[i], class_names=dataset.class_names))

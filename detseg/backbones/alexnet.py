@@ -2,7 +2,7 @@
 
 import keras
 
-from detseg.backbones.pyramid import channel_scaler, make_backbone
+from detseg.backbones.pyramid import channel_scaler, image_input, make_backbone
 from detseg.layers import LocalResponseNormalization
 
 
@@ -30,9 +30,9 @@ def alexnet(
     def pool(name):
         return keras.layers.MaxPooling2D(3, strides=2, padding=padding, name=name)
 
-    inputs = keras.Input(input_shape, name="image")
+    inputs, pixels = image_input(input_shape)
     # === Layers ===
-    x = conv(96, 11, "conv1", strides=4, conv_padding=padding)(inputs)
+    x = conv(96, 11, "conv1", strides=4, conv_padding=padding)(pixels)
     x = LocalResponseNormalization(name="lrn1")(x)
     x = pool("pool1")(x)
     x = conv(256, 5, "conv2")(x)

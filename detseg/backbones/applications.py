@@ -1,9 +1,10 @@
 """`applications:<Name>`: any `keras.applications` model as a pyramid backbone.
 
 The model is built with `include_top=False`; P3/P4/P5 are the last layers at strides
-8/16/32. Like every detseg backbone it takes RGB images in 0..1: an `ImagenetPreprocess`
-layer in front turns them into what the family's `preprocess_input` would give (caffe, tf or
-torch style, or 0..255 for the models that rescale inside).
+8/16/32. Like every detseg backbone it takes RGB pixels 0..255: an `ImagenetPreprocess`
+layer in front (the model's `PIXELS_LAYER`) turns them into what the family's
+`preprocess_input` would give (caffe, tf or torch style, or the pixels as they are for the
+models that rescale inside).
 """
 
 import difflib
@@ -14,7 +15,7 @@ import os
 import keras
 
 from detseg.backbones.preprocess import ImagenetPreprocess, family_mode
-from detseg.backbones.pyramid import make_backbone
+from detseg.backbones.pyramid import PIXELS_LAYER, make_backbone
 from detseg.errors import DetsegError
 
 PREFIX = "applications:"
@@ -46,7 +47,7 @@ def application_backbone(
         if not os.path.isfile(weights):
             raise DetsegError("weights file not found", weights)
     images = keras.Input(tuple(input_shape), name="images")
-    preprocessed = ImagenetPreprocess(family_mode(constructor), name="imagenet_preprocess")(images)
+    preprocessed = ImagenetPreprocess(family_mode(constructor), name=PIXELS_LAYER)(images)
     app = _build(constructor, app_name, input_shape, weights, input_tensor=preprocessed)
     layers = _own_layers(app)
     levels = {level: layers[index].output for level, index in _probe_level_positions(app_name, input_shape[2])}

@@ -2,7 +2,7 @@
 
 import keras
 
-from detseg.backbones.pyramid import channel_scaler, make_backbone
+from detseg.backbones.pyramid import channel_scaler, image_input, make_backbone
 from detseg.layers import conv_bn_act
 
 DARKNET53_STAGES = ((64, 1), (128, 2), (256, 8), (512, 8), (1024, 4))  # (filters, residuals)
@@ -38,9 +38,9 @@ def darknet53(
 ) -> keras.Model:
     """Darknet-53: residual stages 1-2-8-8-4. Channels P3 256, P4 512, P5 1024."""
     c = channel_scaler(width, name)
-    inputs = keras.Input(input_shape, name="image")
+    inputs, pixels = image_input(input_shape)
     # === Layers ===
-    x = _conv(inputs, c(32), 3, name="conv1")
+    x = _conv(pixels, c(32), 3, name="conv1")
     levels = {}
     for stage, (filters, repeats) in enumerate(DARKNET53_STAGES, start=1):
         x = _downsample(x, c(filters), name=f"stage{stage}_down")
@@ -66,9 +66,9 @@ def darknet_tiny(
     Channels P3 128, P4 256, P5 512 (times `width`).
     """
     c = channel_scaler(width, name)
-    inputs = keras.Input(input_shape, name="image")
+    inputs, pixels = image_input(input_shape)
     # === Layers ===
-    x = inputs
+    x = pixels
     levels = {}
     for i, filters in enumerate(DARKNET_TINY_FILTERS):
         # conv{i+1} runs at stride 2**i: conv4 is P3, conv5 P4, conv6 (+ stride-1 pool) P5.

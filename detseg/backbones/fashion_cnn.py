@@ -7,7 +7,7 @@ top (128 -> dropout -> 64 -> dropout -> classes) is `top: paper` in `detseg.head
 
 import keras
 
-from detseg.backbones.pyramid import channel_scaler, make_backbone
+from detseg.backbones.pyramid import channel_scaler, image_input, make_backbone
 
 
 def fashion_cnn(
@@ -19,9 +19,9 @@ def fashion_cnn(
 ) -> keras.Model:
     """The chapter's convolutional part with levels P1 (stride 2), P2 (4) and P3 (8)."""
     c = channel_scaler(width, name)
-    inputs = keras.Input(input_shape, name="image")
+    inputs, pixels = image_input(input_shape)
     # === Layers ===
-    x = keras.layers.Conv2D(c(64), 7, padding="same", activation="relu", name="conv1")(inputs)
+    x = keras.layers.Conv2D(c(64), 7, padding="same", activation="relu", name="conv1")(pixels)
     levels = {"P1": keras.layers.MaxPooling2D(2, name="pool1")(x)}
     x = levels["P1"]
     for block, filters in ((2, 128), (3, 256)):

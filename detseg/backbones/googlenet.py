@@ -2,7 +2,7 @@
 
 import keras
 
-from detseg.backbones.pyramid import channel_scaler, make_backbone
+from detseg.backbones.pyramid import channel_scaler, image_input, make_backbone
 from detseg.layers import InceptionModule, LocalResponseNormalization
 
 # The paper's Table 1: name, #1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj.
@@ -43,10 +43,10 @@ def googlenet(
     def pool(name):
         return keras.layers.MaxPooling2D(3, strides=2, padding="same", name=name)
 
-    inputs = keras.Input(input_shape, name="image")
+    inputs, pixels = image_input(input_shape)
     # === Layers ===
     x = keras.layers.Conv2D(c(64), 7, strides=2, padding="same", activation="relu", name="conv1")(
-        inputs
+        pixels
     )
     x = pool("pool1")(x)
     x = LocalResponseNormalization(name="lrn1")(x)

@@ -7,7 +7,7 @@ parameters), not through the paper's sparse connection table (1,516).
 
 import keras
 
-from detseg.backbones.pyramid import channel_scaler, make_backbone
+from detseg.backbones.pyramid import channel_scaler, image_input, make_backbone
 from detseg.layers import TrainableSubsampling2D
 
 
@@ -26,9 +26,9 @@ def lenet5(
     All units use tanh, the paper's squashing function.
     """
     c = channel_scaler(width, name)
-    inputs = keras.Input(input_shape, name="image")
+    inputs, pixels = image_input(input_shape)
     # === Layers ===
-    x = keras.layers.Conv2D(c(6), 5, padding=padding, activation="tanh", name="c1")(inputs)
+    x = keras.layers.Conv2D(c(6), 5, padding=padding, activation="tanh", name="c1")(pixels)
     p1 = TrainableSubsampling2D(2, activation="tanh", name="s2")(x)
     x = keras.layers.Conv2D(c(16), 5, padding=padding, activation="tanh", name="c3")(p1)
     p2 = TrainableSubsampling2D(2, activation="tanh", name="s4")(x)

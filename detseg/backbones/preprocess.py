@@ -1,11 +1,12 @@
 """The input preprocessing each `keras.applications` family was trained with, as a layer.
 
-detseg feeds every model RGB images scaled to 0..1. An application's ImageNet weights expect
-what its own `preprocess_input` makes of 0..255 RGB: "caffe" (ResNet, VGG: BGR order minus the
+detseg feeds every model RGB pixels 0..255 (see `detseg.backbones.pyramid`). An application's
+ImageNet weights expect what its own `preprocess_input` makes of 0..255 RGB: "caffe" (ResNet, VGG: BGR order minus the
 ImageNet mean pixel), "tf" (Xception, Inception, MobileNet v1/v2, ResNetV2, NASNet: -1..1) or
 "torch" (DenseNet: the ImageNet mean and standard deviation per channel); EfficientNet,
 ConvNeXt and MobileNetV3 rescale inside the model and take 0..255 as they are. The layer
-does this inside the model, so training, evaluation, export and video all agree.
+does this inside the model, so training, evaluation, export and video all agree; it is also
+the model's one pixel scaling (named `PIXELS_LAYER`), so the pixels are not scaled twice.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def family_mode(constructor) -> str:
 
 @keras.saving.register_keras_serializable(package="detseg")
 class ImagenetPreprocess(keras.layers.Layer):
-    """RGB images in 0..1 -> the input an application family expects (`mode`, see module)."""
+    """RGB pixels 0..255 -> the input an application family expects (`mode`, see module)."""
 
     def __init__(self, mode: str, **kwargs):
         super().__init__(**kwargs)
@@ -58,15 +59,15 @@ class ImagenetPreprocess(keras.layers.Layer):
     def call(self, images):
         x = keras.ops.cast(images, self.compute_dtype)
         if self.mode == "tf":
-            return x * 2.0 - 1.0
+            return x / 127.5 - 1.0
         if self.mode == "torch":
             mean = keras.ops.array(_IMAGENET_MEAN_RGB, dtype=x.dtype)
             std = keras.ops.array(_IMAGENET_STD_RGB, dtype=x.dtype)
-            return (x - mean) / std
+            return (x / 255.0 - mean) / std
         if self.mode == "caffe":
             mean_bgr = keras.ops.array(_CAFFE_MEAN_BGR, dtype=x.dtype)
-            return keras.ops.flip(x * 255.0, axis=-1) - mean_bgr
-        return x * 255.0
+            return keras.ops.flip(x, axis=-1) - mean_bgr
+        return x
 
     def compute_output_shape(self, input_shape):
         return input_shape

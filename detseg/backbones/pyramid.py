@@ -1,4 +1,17 @@
-"""What every backbone shares: the pyramid-output contract and the `weights` argument.
+"""What every backbone shares: the pixel input, the pyramid-output contract and `weights`.
+
+**Input contract.** Every model detseg builds takes RGB (or grey) pixels 0..255, as uint8 or
+float, and scales them inside the model: each backbone starts with `image_input`, a float32
+`keras.Input` followed by `Rescaling(1/255)` named `PIXELS_LAYER` (an `applications:` backbone
+folds that scale into its `ImagenetPreprocess`, also named `PIXELS_LAYER`). The heads and the
+classifier take images through their backbone, so this is the one place models scale pixels,
+and loaders, predictors, exports and video all send the uint8 pixels as they are.
+
+The Input stays float32 on purpose: a Keras 3 functional model casts its input to the Input
+dtype inside the call, so a uint8 batch is cast in the compiled step; the host -> device copy
+is uint8 (1 byte a pixel, 4x fewer than float32: a uint8 tf.data tensor under TensorFlow, a
+uint8 `jax.device_put` under JAX), while float 0..255 input (resized, interpolated pixels)
+keeps its fractions. A uint8 Input would instead truncate such floats.
 
 A backbone is a `keras.Model` whose outputs are a dict `{"P3": ..., "P4": ..., "P5": ...}`,
 level `Pk` having stride `2**k`, and which carries `feature_info = {level: (stride,
@@ -15,6 +28,25 @@ from detseg.errors import DetsegError
 from detseg.layers.conv import scale_channels
 
 _LEVEL = re.compile(r"^P(\d+)$")
+
+PIXELS_LAYER = "pixels"
+"""Name of the layer that scales 0..255 pixels inside every model detseg builds."""
+
+
+def image_input(input_shape, name: str = "image") -> tuple:
+    """`(inputs, pixels)`: a float32 Input taking 0..255 pixels (uint8 batches are cast in the
+    model's step) and those pixels scaled to 0..1 by the `PIXELS_LAYER` layer."""
+    inputs = keras.Input(tuple(input_shape), name=name)
+    return inputs, keras.layers.Rescaling(1.0 / 255.0, name=PIXELS_LAYER)(inputs)
+
+
+def scales_pixels(model: keras.Model) -> bool:
+    """Whether `model` (or a model nested in it) has the `PIXELS_LAYER` that scales 0..255
+    input: False for a model saved before that contract, which expected 0..1 input."""
+    return any(
+        layer.name == PIXELS_LAYER or (isinstance(layer, keras.Model) and scales_pixels(layer))
+        for layer in model.layers
+    )
 
 
 def feature_info(model: keras.Model) -> dict[str, tuple[int, int]]:

@@ -2,7 +2,7 @@
 
 import keras
 
-from detseg.backbones.pyramid import channel_scaler, make_backbone
+from detseg.backbones.pyramid import channel_scaler, image_input, make_backbone
 from detseg.layers import BottleneckUnit, ResidualUnit, conv_bn_act
 
 RESNET_FILTERS = (64, 128, 256, 512)
@@ -17,9 +17,9 @@ def build_resnet(
     Levels P3, P4, P5 are the outputs of conv3_x, conv4_x, conv5_x.
     """
     c = channel_scaler(width, name)
-    inputs = keras.Input(input_shape, name="image")
+    inputs, pixels = image_input(input_shape)
     # === Layers ===
-    x = conv_bn_act(inputs, c(64), 7, strides=2, name="conv1")
+    x = conv_bn_act(pixels, c(64), 7, strides=2, name="conv1")
     x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="pool1")(x)
     levels = {}
     for stage, (depth, filters) in enumerate(zip(depths, RESNET_FILTERS, strict=True), start=2):

@@ -2,7 +2,7 @@
 
 import keras
 
-from detseg.backbones.pyramid import channel_scaler, make_backbone
+from detseg.backbones.pyramid import channel_scaler, image_input, make_backbone
 
 VGG_FILTERS = (64, 128, 256, 512, 512)
 VGG_DEPTHS = {"vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}
@@ -10,8 +10,8 @@ VGG_DEPTHS = {"vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}
 
 def _vgg(depths, input_shape, width, weights, name) -> keras.Model:
     c = channel_scaler(width, name)
-    inputs = keras.Input(input_shape, name="image")
-    x = inputs
+    inputs, pixels = image_input(input_shape)
+    x = pixels
     levels = {}
     # === Layers === (names as keras.applications: block{b}_conv{i}, block{b}_pool)
     for block, (depth, filters) in enumerate(zip(depths, VGG_FILTERS, strict=True), start=1):

@@ -2,7 +2,7 @@
 
 import keras
 
-from detseg.backbones.pyramid import channel_scaler, make_backbone
+from detseg.backbones.pyramid import channel_scaler, image_input, make_backbone
 from detseg.layers import SeparableConvBlock, batch_norm, conv_bn_act
 
 MIDDLE_FLOW_REPEATS = 8
@@ -41,9 +41,9 @@ def xception(
     the parameter count is unchanged.
     """
     c = channel_scaler(width, name)
-    inputs = keras.Input(input_shape, name="image")
+    inputs, pixels = image_input(input_shape)
     # === Entry flow ===
-    x = conv_bn_act(inputs, c(32), 3, strides=2, name="block1_conv1")
+    x = conv_bn_act(pixels, c(32), 3, strides=2, name="block1_conv1")
     x = conv_bn_act(x, c(64), 3, name="block1_conv2")
     x = _downsampling_block(x, c(128), c(128), name="block2")
     p3 = _downsampling_block(x, c(256), c(256), name="block3")

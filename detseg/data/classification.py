@@ -3,7 +3,7 @@
 `load_classification_split(cfg.data, split)` gives a `Crops` set from an image folder
 (`root/<class>/<image>`: whole images) or, with `data.crops: true`, from the boxes of any
 detection dataset (the shapes set gives a 3-class problem). `ClassificationLoader` turns it
-into `(images float32 [B, S, S, 3] in 0..1, labels int32 [B])` batches: read -> cut ->
+into `(images uint8 [B, S, S, 3] RGB pixels, labels int32 [B])` batches: read -> cut ->
 resize to fit S -> augment -> letterbox. Like `DetectionLoader`, batch `i` of epoch `e`
 depends only on `(seed, e, i)`; pass `shuffle=False` to `fit()`.
 """
@@ -58,7 +58,7 @@ def check_classes(crops: Crops, split: str, class_names: list[str] | None = None
 
 
 class ClassificationLoader(SeededBatches):
-    """Batches `(images float32 [B, S, S, 3] in 0..1, labels int32 [B])` of a `Crops` set at side `S`.
+    """Batches `(images uint8 [B, S, S, 3] RGB pixels, labels int32 [B])` of a `Crops` set at side `S`.
 
     Each crop is cut from its image (RGB uint8), resized so that its longer side is `S`,
     augmented by `augment` (an `Augmenter` built for detection, called with no boxes: the
@@ -103,6 +103,4 @@ class ClassificationLoader(SeededBatches):
         indices = self.batch_indices(index)
         start = index * self.batch_size
         images = np.stack([self.load(int(i), start + p) for p, i in enumerate(indices)])
-        return np.multiply(images, np.float32(1 / 255), dtype=np.float32), self.crops.labels[
-            indices
-        ]
+        return images, self.crops.labels[indices]

@@ -7,6 +7,10 @@ drawn from `(seed, e)` and every sample's mosaic partners and augmentation from
 (Pass `shuffle=False` to `fit()`: shuffling is the loader's job, and Keras's own batch
 shuffle is not seeded.)
 
+Images leave the loaders as uint8 RGB pixels, the letterboxed bytes themselves: every model
+detseg builds scales its pixels inside (`detseg.backbones.pyramid`), so a batch crosses to the
+accelerator at 1 byte a pixel, 4x fewer than float32.
+
 Evaluation iterates a split without augmentation and maps predictions back with the
 letterbox of each image::
 
@@ -150,7 +154,7 @@ class SeededBatches(keras.utils.PyDataset):
 
 
 class DetectionLoader(SeededBatches):
-    """Batches `(images float32 [B, S, S, 3] in 0..1, targets)` of a Dataset at input side `S`.
+    """Batches `(images uint8 [B, S, S, 3] RGB pixels, targets)` of a Dataset at input side `S`.
 
     Each sample is read (RGB uint8), resized so that its longer side is `S`, optionally
     combined with three others into a mosaic (probability `mosaic_p`), augmented by
@@ -323,7 +327,7 @@ class DetectionLoader(SeededBatches):
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, Any]:
         rows = [self._load(p) for p in self._positions(index)]
-        images = np.multiply(np.stack([r[0] for r in rows]), np.float32(1 / 255), dtype=np.float32)
+        images = np.stack([r[0] for r in rows])  # uint8: the model scales its pixels
         boxes, labels = [r[1] for r in rows], [r[2] for r in rows]
         if self.semantic:
             return images, self.encoder(boxes, labels, masks=[r[3] for r in rows])

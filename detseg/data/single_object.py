@@ -5,7 +5,7 @@ A classification + localization model predicts one class and one box per image.
 `"single"` keeps only the images with exactly one object. Images left out are counted in the
 returned dataset's `Summary` under `NO_OBJECT` / `SEVERAL_OBJECTS`, never silently.
 
-`single_object_loader` batches such a dataset as `(images float32 [B, S, S, 3] in 0..1,
+`single_object_loader` batches such a dataset as `(images uint8 [B, S, S, 3] RGB pixels,
 {"labels": int32 [B], "boxes": float32 [B, 4]})`, the box normalised (cx, cy, w, h) in the
 letterboxed image (`detseg.boxes` format "rel_center_xywh"). Training augmentation moves the
 box with the image; a transform that would lose the object is not applied to that sample

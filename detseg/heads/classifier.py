@@ -4,6 +4,9 @@
 `top="paper"`: the dense top of the original paper for LeNet-5, AlexNet and VGG, which
 needs a fixed input size (it flattens the last feature map).
 
+Images go in as RGB pixels 0..255, uint8 or float: the backbone scales them (its "pixels"
+layer, see `detseg.backbones.pyramid`), after the optional grey conversion.
+
 Transfer learning: `set_backbone_trainable(model, False)` freezes the backbone (its batch
 norms then run in inference mode); recompile after every change of `trainable`.
 """

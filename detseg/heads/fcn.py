@@ -362,7 +362,7 @@ def naive_sliding_windows(
 ) -> np.ndarray:
     """The slow reference: crop every window and classify it -> probabilities [Gh, Gw, K].
 
-    `image` [H, W, C] is what the classifier takes (already scaled); windows of the
+    `image` [H, W, C] is what the classifier takes (pixels 0..255 for a detseg model); windows of the
     classifier's input size start at (i * stride_y, j * stride_x) and lie inside the image.
     """
     wh, ww = window_size(classifier)
@@ -391,14 +391,14 @@ class SlidingWindowDetector:
 
     Args:
         classifier: a Model from fixed-size crops [B, h, w, C] to probabilities [B, K], trained
-            on object crops and (with `background_class`) background crops.
+            on object crops and (with `background_class`) background crops. It gets the
+            uint8 pixels as they are: every detseg classifier scales its own input.
         scales: image resize factors; each runs the FCN once (< 1 finds objects larger than
             the window). Scales at which the image is smaller than the window are skipped.
         score_thr: a cell whose best object-class probability exceeds this becomes a box.
         iou_thr, max_det: per-class NMS (`detseg.boxes.nms`) and detections kept per image.
         background_class: index of the background class among the K outputs, never reported;
             the other classes are renumbered 0..K-2 in order. None: every class is an object.
-        input_scale: factor from uint8 pixels to the classifier's input (1/255: inputs 0..1).
 
     `detector(images)` takes RGB uint8 images [H, W, 3] of any size >= the window and
     returns per image {"boxes" [N, 4] xyxy float32 original pixels (clipped to the image),
@@ -415,7 +415,6 @@ class SlidingWindowDetector:
         iou_thr: float = 0.3,
         max_det: int = 100,
         background_class: int | None = None,
-        input_scale: float = 1.0 / 255.0,
     ):
         num_classes = int(classifier.output_shape[-1])
         if not scales or any(not s > 0 for s in scales):
@@ -439,7 +438,6 @@ class SlidingWindowDetector:
         self.iou_thr = float(iou_thr)
         self.max_det = int(max_det)
         self.background_class = background_class
-        self.input_scale = float(input_scale)
         self.object_classes = np.array(
             [c for c in range(num_classes) if c != background_class], dtype=np.int32
         )
@@ -450,8 +448,7 @@ class SlidingWindowDetector:
         self._check(image)
         if image.shape[0] < self.window[0] or image.shape[1] < self.window[1]:
             raise DetsegError(f"image {image.shape[:2]} is smaller than the {self.window} window")
-        x = image.astype(np.float32) * self.input_scale
-        grid = np.asarray(self.fcn.predict_on_batch(x[None]))[0]
+        grid = np.asarray(self.fcn.predict_on_batch(image[None]))[0]
         # Same-padded nets give an extra row (column) of cells whose window runs past the
         # image edge; keep the windows that lie inside it, as the classifier was trained.
         rows = (image.shape[0] - self.window[0]) // self.stride[0] + 1

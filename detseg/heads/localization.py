@@ -7,8 +7,8 @@ format of `detseg.boxes`). The loss weighs a class term (sparse cross-entropy) a
 model; `encode_box` / `decode_box` convert to and from `[N, 4]` xyxy pixels at the edges.
 
 `fit()` takes `(images, {"labels": [B] int, "boxes": [B, 4] normalised cxcywh})` with images
-float32 in 0..1, and logs `class_loss`, `box_loss`, `accuracy`, `mean_iou` and
-`correct_localization` (right class and IoU >= 0.5). `predict()` returns
+as pixels 0..255 (uint8 or float; the backbone scales them), and logs `class_loss`,
+`box_loss`, `accuracy`, `mean_iou` and `correct_localization` (right class and IoU >= 0.5). `predict()` returns
 `{"labels" [B] int32, "scores" [B], "boxes" [B, 4] normalised cxcywh}`.
 """
 

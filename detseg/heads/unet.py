@@ -6,11 +6,13 @@ full-resolution level P0. The decoder starts from the coarsest level and climbs 
 halving at a time: upsample x2, concatenate the encoder's level at that stride (the skip
 connection), two 3x3 conv-BN-ReLU, optional dropout. Strides the encoder has no level for
 get no skip (a stride-8 backbone climbs 4 -> 2 without one), except stride 1, where the
-input image itself is the skip so that the last stage sees full-resolution detail. A 1x1
+input image itself (scaled to 0..1) is the skip so that the last stage sees full-resolution
+detail. A 1x1
 conv then gives the logits.
 
 Convs pad "same" (the paper's are unpadded and crop the skips), so the output has the
-input's size. Inputs are float32 images [B, S, S, C] in 0..1; outputs raw logits
+input's size. Inputs are pixels [B, S, S, C] 0..255, uint8 or float (the encoder scales
+them, see `detseg.backbones.pyramid`); outputs raw logits
 [B, S, S, K] (K = num_classes, or 1 logit for binary segmentation when num_classes == 1).
 `fit()` takes `(images, labels)` with labels int [B, S, S] and `ignore_index` on unlabelled
 pixels; `predict()` returns the class map int32 [B, S, S] (or probabilities [B, S, S, K]).
@@ -24,7 +26,7 @@ import math
 import keras
 from keras import ops
 
-from detseg.backbones.pyramid import feature_info, make_backbone
+from detseg.backbones.pyramid import feature_info, image_input, make_backbone
 from detseg.errors import DetsegError
 from detseg.heads.decoded import DecodedPredictions
 from detseg.layers.conv import conv_bn_act, scale_channels
@@ -74,10 +76,10 @@ def unet_encoder(
             f"unet_encoder needs an integer depth >= 1 and width > 0, got depth={depth!r}, "
             f"width={width!r}"
         )
-    inputs = keras.Input(input_shape, name="image")
+    inputs, pixels = image_input(input_shape)
     # === Layers ===
     levels = {}
-    x = inputs
+    x = pixels
     for k in range(depth + 1):
         if k:
             x = keras.layers.MaxPooling2D(2, name=f"pool{k}")(x)
@@ -270,7 +272,8 @@ class UNetSegmenter(DecodedPredictions, keras.Model):
             if stride in levels:
                 x = keras.layers.Concatenate(name=f"{level}_concat")([x, features[levels[stride]]])
             elif stride == 1:  # no full-resolution encoder level: the image is the skip
-                x = keras.layers.Concatenate(name=f"{level}_concat")([x, images])
+                skip = keras.layers.Rescaling(1.0 / 255.0, name="image_skip")(images)
+                x = keras.layers.Concatenate(name=f"{level}_concat")([x, skip])
             x = _double_conv(x, filters, name=f"{level}_dec")
             if dropout:
                 x = keras.layers.Dropout(dropout, name=f"{level}_dropout")(x)

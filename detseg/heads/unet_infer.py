@@ -78,7 +78,7 @@ class Segmenter:
         is one compiled `predict_on_batch` (`Model.predict` costs ~50 ms a call)."""
 
         def batch_fn(images: np.ndarray) -> np.ndarray:
-            return np.asarray(model.predict_on_batch(images.astype(np.float32) / 255.0))
+            return np.asarray(model.predict_on_batch(images))
 
         return cls(batch_fn, model.input_size, batch_size, **options)
 

@@ -7,8 +7,9 @@ and hands a 1x1-reduced, upsampled copy of its features to the next finer level,
 concatenated with the backbone's features (YOLOv3's FPN-like path).
 
 Outputs (training and `model(x)`): `{level: [B, G, G, A, 5 + C]}` raw logits (see
-`yolo_decode`). `fit()` takes batches `(images, targets)` with images float32 [B, S, S, 3] in
-0..1 and targets from `YoloTargetEncoder`; `predict()` returns padded detections
+`yolo_decode`). `fit()` takes batches `(images, targets)` with images [B, S, S, 3] RGB pixels
+0..255, uint8 or float (the backbone scales them, see `detseg.backbones.pyramid`), and
+targets from `YoloTargetEncoder`; `predict()` returns padded detections
 `{"boxes" [B, D, 4] xyxy input pixels, "scores" [B, D], "labels" [B, D] (-1 pad), "num" [B]}`.
 """
 

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 
 import keras
 import numpy as np
-from keras import ops
 
 from detseg.boxes import nms
 from detseg.data.images import letterbox, unletterbox_boxes
@@ -30,9 +29,7 @@ class _CandidateModel(keras.Model):
         self.detector = detector
 
     def call(self, images):
-        return self.detector.candidates(
-            self.detector(ops.cast(images, "float32") / 255.0, training=False)
-        )
+        return self.detector.candidates(self.detector(images, training=False))
 
 
 def host_nms(

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from detseg.backbones.pyramid import PIXELS_LAYER, scales_pixels
 from detseg.config import Config
 from detseg.errors import DetsegError
 
@@ -153,12 +154,20 @@ class Task(ABC):
         return names
 
     def check_model(self, model: keras.Model, source: str | Path, names: list[str] | None = None) -> None:
-        """Refuse a loaded model that this task cannot run: a `.keras` file of another task, or
-        one whose classes are not the `names` of the config it is run with."""
+        """Refuse a loaded model that this task cannot run: a `.keras` file of another task, one
+        saved before models scaled their own pixels (it wants 0..1 input and would silently
+        mispredict on the 0..255 pixels it now gets), or one whose classes are not the `names`
+        of the config it is run with."""
         if not isinstance(model, self.model_class):
             raise DetsegError(
                 f"this is a {type(model).__name__}, not a {self.model_class.__name__} "
                 f"(model.kind {self.kind!r} in its config)",
+                source,
+            )
+        if not scales_pixels(model):
+            raise DetsegError(
+                f"this model has no {PIXELS_LAYER!r} layer: it was saved by an older detseg that "
+                "fed models 0..1 images and would mispredict on pixels 0..255; retrain it",
                 source,
             )
         if names is not None and self.predicted_classes(model) != len(names):

@@ -16,7 +16,6 @@ from typing import Any
 
 import keras
 import numpy as np
-from keras import ops
 
 from detseg.backbones import APPLICATIONS_PREFIX
 from detseg.config import Config
@@ -49,7 +48,7 @@ class ServingClassifier(keras.Model):
         self.classifier = classifier
 
     def call(self, images):
-        return {"scores": self.classifier(ops.cast(images, "float32") / 255.0, training=False)}
+        return {"scores": self.classifier(images, training=False)}
 
 
 class ClassifyTask(Task):
@@ -150,9 +149,7 @@ class ClassifyTask(Task):
     ) -> ClassificationPredictor:
         refuse_thresholds(score_thr, iou_thr, REPORTS)
         names = self.saved_class_names(cfg, model)
-        return ClassificationPredictor(
-            lambda images: model.predict_on_batch(images.astype(np.float32) / 255.0), names, cfg.model.input_size
-        )
+        return ClassificationPredictor(model.predict_on_batch, names, cfg.model.input_size)
 
     def exported_predictor(
         self, runner, metadata: dict[str, Any], path: Path, *, score_thr: float | None, iou_thr: float | None, batch: int

@@ -1,7 +1,7 @@
 """The detector's export graph: uint8 letterboxed images in, final detections out, NMS inside.
 
     images uint8 [B, S, S, 3]   RGB, already letterboxed to the model's input side S
-      -> / 255 -> the detector -> decode + top-k candidates (`YoloDetector.candidates`)
+      -> the detector (it scales the pixels itself) -> decode + top-k candidates (`YoloDetector.candidates`)
       -> TensorFlow's CombinedNonMaxSuppression (per class, or over all classes)
       -> {"boxes" [B, D, 4] float32 xyxy in input (letterboxed) pixels,
           "scores" [B, D] float32, "labels" [B, D] int32 (-1 pads), "num" [B] int32}
@@ -140,7 +140,7 @@ class ServingDetector(keras.Model):
         self.per_image = per_image
 
     def call(self, images):
-        raw = self.detector(tf.cast(images, tf.float32) / 255.0, training=False)
+        raw = self.detector(images, training=False)
         boxes, scores, labels = self.detector.candidates(raw)
         if self.per_image:
             return per_image_detections_graph(

@@ -187,7 +187,7 @@ class ServingLocalizer(keras.Model):
         self.input_size = int(localizer.input_shape[1])
 
     def call(self, images):
-        out = self.localizer(ops.cast(images, "float32") / 255.0, training=False)
+        out = self.localizer(images, training=False)
         scores, labels = ops.top_k(out["class"], 1)
         boxes = keras.utils.bounding_boxes.convert_format(
             out["box"] * self.input_size, "center_xywh", "xyxy"
@@ -304,7 +304,7 @@ class LocalizeTask(Task):
         side = cfg.model.input_size
 
         def run(images: np.ndarray) -> dict[str, np.ndarray]:
-            return _pixel_outputs(model.predict_on_batch(images.astype(np.float32) / 255.0), side)
+            return _pixel_outputs(model.predict_on_batch(images), side)
 
         return LocalizationPredictor(run, self.saved_class_names(cfg, model), side)
 

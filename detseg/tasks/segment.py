@@ -113,7 +113,7 @@ class ServingSegmenter(keras.Model):
         self.segmenter = segmenter
 
     def call(self, images):
-        logits = self.segmenter(keras.ops.cast(images, "float32") / 255.0, training=False)
+        logits = self.segmenter(images, training=False)
         if self.segmenter.num_classes == 1:
             return {"classes": keras.ops.cast(logits[..., 0] > 0, "int32")}
         return {"classes": keras.ops.cast(keras.ops.top_k(logits, 1)[1][..., 0], "int32")}

@@ -35,11 +35,11 @@ def test_line_filters_on_an_image_match_a_slow_convolution_and_save_a_png(tmp_pa
     cv2.imwrite(str(path), image)
     out_png = tmp_path / "maps.png"
     maps = feature_maps(line_filters(7, 3), path, out_png)
-    np.testing.assert_allclose(maps, _slow_same_conv(image / 255.0, line_filters(7, 3)), atol=1e-5)
-    # Away from the borders the vertical filter sums 7 rows x 3 channels of the line = 21,
-    # while the horizontal one crosses it once: 3.
-    assert maps[12, 9, 0] == pytest.approx(21.0)
-    assert maps[12, 9, 1] == pytest.approx(3.0)
+    np.testing.assert_allclose(maps, _slow_same_conv(image.astype(np.float64), line_filters(7, 3)), atol=1e-2)
+    # Away from the borders the vertical filter sums 7 rows x 3 channels of the line's 255s
+    # = 21 * 255, while the horizontal one crosses it once: 3 * 255.
+    assert maps[12, 9, 0] == pytest.approx(21.0 * 255)
+    assert maps[12, 9, 1] == pytest.approx(3.0 * 255)
     assert maps[:, :, 0].argmax() % maps.shape[1] == 9
     written = cv2.imread(str(out_png))
     assert written is not None and written.shape[0] > 50 and written.std() > 0
@@ -52,7 +52,7 @@ def test_a_layer_gives_the_same_maps_as_its_filter_bank(tmp_path):
     conv.build((None, None, None, 3))
     conv.set_weights([line_filters(7, 3)])
     from_layer = feature_maps(conv, image, tmp_path / "layer.png")
-    np.testing.assert_allclose(from_layer, feature_maps(line_filters(7, 3), image), atol=1e-5)
+    np.testing.assert_allclose(from_layer, feature_maps(line_filters(7, 3), image), atol=1e-2)
 
 
 def test_a_backbone_level_is_plotted(tmp_path):
