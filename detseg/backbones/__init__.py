@@ -5,6 +5,8 @@
 and returns a model whose outputs are `{"P3": ..., "P4": ..., "P5": ...}` (LeNet-5: P1, P2)
 with `model.feature_info = {level: (stride, channels)}`; `feature_info(model)` recomputes
 that table after a `.keras` load. `get_backbone` also resolves "applications:<Name>".
+Every backbone takes RGB (or grey) pixels 0..255, uint8 or float, and scales them in its
+first layer (`pyramid.image_input`): the one place where a detseg model scales its input.
 """
 
 import difflib

@@ -9,6 +9,7 @@ import pytest
 
 from detseg.backbones import BACKBONES, feature_info, get_backbone
 from detseg.backbones.preprocess import FAMILY_MODES, ImagenetPreprocess
+from detseg.backbones.pyramid import scales_pixels
 from detseg.errors import DetsegError
 
 # The papers' channels per level at width 1.0 (stride = 2**level).
@@ -60,7 +61,8 @@ def _forward_and_check_pyramid(name, model, forward):
     expected = _expected_info(name)
     assert model.feature_info == expected
     assert feature_info(model) == expected
-    x = np.random.default_rng(0).uniform(0, 1, (2, SIDE, SIDE, 3)).astype("float32")
+    assert scales_pixels(model)  # takes pixels 0..255 and scales them itself
+    x = np.random.default_rng(0).integers(0, 256, (2, SIDE, SIDE, 3), dtype=np.uint8)
     outputs = forward(model, x)
     assert list(outputs) == list(expected)
     for level, (stride, channels) in expected.items():
@@ -150,7 +152,7 @@ def test_local_weights_file_is_loaded_and_missing_file_is_a_user_error(tmp_path)
     path = tmp_path / "tiny.weights.h5"
     source.save_weights(path)
     restored = get_backbone("darknet_tiny", width=WIDTH, weights=str(path))
-    x = np.random.default_rng(1).uniform(0, 1, (1, 32, 32, 3)).astype("float32")
+    x = np.random.default_rng(1).integers(0, 256, (1, 32, 32, 3), dtype=np.uint8)
     for level, values in _to_numpy(restored(x)).items():
         np.testing.assert_array_equal(values, _to_numpy(source(x))[level])
 
@@ -182,10 +184,10 @@ def test_application_accepts_a_local_weights_file(tmp_path):
     path = tmp_path / "mobilenet.weights.h5"
     source.save_weights(path)
     model = get_backbone("applications:MobileNetV2", (64, 64, 3), weights=str(path))
-    x = np.random.default_rng(2).uniform(0, 1, (1, 64, 64, 3)).astype("float32")  # detseg's input
+    x = np.random.default_rng(2).integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)  # detseg's input
     np.testing.assert_allclose(
         keras.ops.convert_to_numpy(model(x)["P5"]),
-        keras.ops.convert_to_numpy(source(keras.applications.mobilenet_v2.preprocess_input(x * 255.0))),
+        keras.ops.convert_to_numpy(source(keras.applications.mobilenet_v2.preprocess_input(x.astype("float32")))),
         rtol=1e-5,
         atol=1e-6,
     )
@@ -193,10 +195,11 @@ def test_application_accepts_a_local_weights_file(tmp_path):
 
 @pytest.mark.parametrize("family", sorted(FAMILY_MODES))
 def test_imagenet_preprocess_matches_the_familys_preprocess_input(family):
-    """On 0..1 images, the layer gives what keras.applications.<family>.preprocess_input gives
-    on the same images in 0..255 (caffe BGR mean, tf -1..1, torch mean/std, or pass-through)."""
-    x = np.random.default_rng(3).uniform(0, 1, (2, 5, 7, 3)).astype("float32")
-    expected = getattr(keras.applications, family).preprocess_input(x * 255.0)
+    """On 0..255 pixels (uint8, as the loaders send them), the layer gives what
+    keras.applications.<family>.preprocess_input gives on the same pixels (caffe BGR mean,
+    tf -1..1, torch mean/std, or pass-through): the model's one scaling, not a second one."""
+    x = np.random.default_rng(3).integers(0, 256, (2, 5, 7, 3), dtype=np.uint8)
+    expected = getattr(keras.applications, family).preprocess_input(x.astype("float32"))
     layer = ImagenetPreprocess(FAMILY_MODES[family])
     np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(x)), keras.ops.convert_to_numpy(expected), rtol=1e-5, atol=1e-4)
     assert ImagenetPreprocess.from_config(layer.get_config()).mode == FAMILY_MODES[family]

@@ -133,7 +133,7 @@ def test_frozen_backbone_stays_fixed_then_fine_tuning_moves_everything():
     model = build_classifier("darknet_tiny", (32, 32, 3), 3, width=0.25)
     backbone = model.get_layer("backbone")
     head = model.get_layer("predictions")
-    x = np.random.default_rng(0).uniform(0, 1, (16, 32, 32, 3)).astype("float32")
+    x = np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
     y = np.arange(16) % 3
 
     # Phase 1: frozen backbone, weights and batch-norm statistics untouched.
@@ -154,7 +154,8 @@ def test_frozen_backbone_stays_fixed_then_fine_tuning_moves_everything():
 
 
 def _bars(count, rng):
-    """32x32 grey images with one vertical (class 0) or horizontal (class 1) bar + noise."""
+    """32x32 grey images (pixel values, as models take them) with one vertical (class 0) or
+    horizontal (class 1) bar + noise."""
     images = rng.normal(0.0, 0.1, (count, 32, 32, 1)).astype("float32")
     labels = rng.integers(0, 2, count)
     for image, label, pos in zip(images, labels, rng.integers(4, 26, count), strict=True):
@@ -162,7 +163,7 @@ def _bars(count, rng):
             image[:, pos : pos + 3] += 1.0
         else:
             image[pos : pos + 3, :] += 1.0
-    return images, labels
+    return images * 255, labels
 
 
 def test_lenet5_classifier_learns_bar_orientation():

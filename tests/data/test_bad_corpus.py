@@ -212,6 +212,21 @@ def _detseg_model(kind: str, num_classes: int) -> Callable[[Path], None]:
     return write
 
 
+def _model_before_pixel_scaling(path: Path) -> None:
+    """A one-class detector as detseg saved them when models took 0..1 images: its backbone
+    starts at the raw Input, with no "pixels" layer scaling 0..255."""
+    import keras
+
+    from detseg.heads import YoloDetector
+
+    image = keras.Input((32, 32, 3), name="image")
+    p4 = keras.layers.Conv2D(4, 3, strides=16, padding="same")(image)
+    p5 = keras.layers.Conv2D(4, 3, strides=2, padding="same")(p4)
+    backbone = keras.Model(image, {"P4": p4, "P5": p5}, name="backbone")
+    anchors = [[4.0 * (i + 1)] * 2 for i in range(6)]
+    YoloDetector(backbone, 1, anchors, levels=("P4", "P5"), width=0.125).save(path)
+
+
 def _truncated_keras_file(path: Path) -> None:
     _keras_file(path)
     path.write_bytes(path.read_bytes()[:300])
@@ -333,6 +348,7 @@ CASES = [
     Case("model-truncated", model(_truncated_keras_file), "model.keras", "cannot load the model", cli=_evaluate, library=_evaluate_library),
     Case("model-of-another-task", model(_keras_file), "model.keras", "this is a Sequential, not a", cli=_evaluate, library=_evaluate_library),
     Case("model-of-another-detseg-task", model(_detseg_model("classifier", 2)), "model.keras", "this is a ImageClassifier, not a YoloDetector", cli=_evaluate, library=_evaluate_library),
+    Case("model-before-pixel-scaling", model(_model_before_pixel_scaling), "model.keras", "no 'pixels' layer: it was saved by an older detseg that fed models 0..1 images", cli=_evaluate, library=_evaluate_library),
     Case("model-classes-differ", model(_detseg_model("yolov3", 2)), "model.keras", "the model predicts 2 classes but its config names 1: ['cat']", cli=_evaluate, library=_evaluate_library),
     Case("config-missing-data-path", config_text("data:\n  format: voc\n  train:\n    annotations: /nonexistent/voc\n"), "/nonexistent/voc", "VOC annotation folder not found"),
 ]

@@ -71,10 +71,12 @@ def test_evaluation_batches_are_the_letterboxed_images_and_boxes(tiny):
     for i in range(len(loader)):
         images, targets = loader[i]
         samples, params = loader.batch_samples(i), loader.batch_params(i)
-        assert images.dtype == np.float32 and images.shape == (len(samples), 64, 64, 3)
+        # uint8 pixels (a quarter of float32's bytes): the letterboxed image itself, where
+        # the batch used to be these pixels / 255 in float32; models now scale them inside.
+        assert images.dtype == np.uint8 and images.shape == (len(samples), 64, 64, 3)
         for row, (sample, p) in enumerate(zip(samples, params, strict=True)):
             expected, _ = letterbox(read_image(sample.image_path), 64)
-            np.testing.assert_allclose(images[row], expected / 255.0, atol=1e-6)
+            np.testing.assert_array_equal(images[row], expected)
             n = sample.num_boxes
             np.testing.assert_allclose(
                 targets["boxes"][row, :n], letterbox_boxes(sample.boxes, p), atol=1e-4

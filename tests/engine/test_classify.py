@@ -132,18 +132,14 @@ def test_loader_letterboxes_each_crop_with_its_label(tmp_path):
         [Sample(path, 64, 48, [[4, 6, 24, 16], [40, 20, 56, 36]], [0, 1])], ["red", "blue"]
     )
     images, labels = ClassificationLoader(object_crops(dataset), 32, 2)[0]
-    assert images.dtype == np.float32 and images.shape == (2, 32, 32, 3)
+    assert images.dtype == np.uint8 and images.shape == (2, 32, 32, 3)  # pixels, as read
     assert labels.dtype == np.int32 and labels.tolist() == [0, 1]
     # The 20x10 red crop fills 32x16 of the letterbox, centred: rows 8..23; rows above and
     # below are the pad grey 114.
-    np.testing.assert_allclose(
-        images[0, 8:24], np.broadcast_to(np.array(RED) / 255, (16, 32, 3)), atol=1e-6
-    )
-    np.testing.assert_allclose(images[0, :8], 114 / 255, atol=1e-6)
-    np.testing.assert_allclose(images[0, 24:], 114 / 255, atol=1e-6)
-    np.testing.assert_allclose(
-        images[1], np.broadcast_to(np.array(BLUE) / 255, (32, 32, 3)), atol=1e-6
-    )
+    np.testing.assert_array_equal(images[0, 8:24], np.broadcast_to(RED, (16, 32, 3)))
+    np.testing.assert_array_equal(images[0, :8], np.full((8, 32, 3), 114))
+    np.testing.assert_array_equal(images[0, 24:], np.full((8, 32, 3), 114))
+    np.testing.assert_array_equal(images[1], np.broadcast_to(BLUE, (32, 32, 3)))
 
 
 def test_loader_order_is_a_seeded_permutation_per_epoch(tmp_path):
@@ -343,7 +339,7 @@ def test_cli_train_evaluate_predict_on_an_image_folder(tmp_path, capsys, monkeyp
     model = keras.saving.load_model(run / "best.keras")
     names = ["bright", "dark"]
     files = sorted((tmp_path / "data" / "val").glob("*/*.png"))
-    images = np.stack([cv2.imread(str(p))[..., ::-1] for p in files]).astype(np.float32) / 255
+    images = np.stack([cv2.imread(str(p))[..., ::-1] for p in files])
     truth = np.array([names.index(p.parent.name) for p in files])
     predicted = model.predict(images, verbose=0).argmax(axis=1)
     assert metrics["accuracy"] == pytest.approx(float(np.mean(predicted == truth)))
@@ -429,7 +425,7 @@ def test_xception_transfer_recipe_starts_from_a_local_weights_file(tmp_path):
     backbone = model.get_layer("backbone")
     for ours, theirs in zip(backbone.weights, source.weights, strict=True):  # same layers, same order
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(ours), keras.ops.convert_to_numpy(theirs))
-    assert backbone.get_layer("imagenet_preprocess").mode == "tf"  # Xception: -1..1
+    assert backbone.get_layer("pixels").mode == "tf"  # Xception: 0..255 -> -1..1
 
 
 @pytest.mark.slow  # Xception trains at ~1 s per step here

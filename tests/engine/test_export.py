@@ -81,7 +81,7 @@ def confident_detector(images: np.ndarray):
     momenta = [norm.momentum for norm in norms]
     for norm in norms:
         norm.momentum = 0.0
-    model(images.astype("float32") / 255.0, training=True)
+    model(images, training=True)
     for norm, momentum in zip(norms, momenta, strict=True):
         norm.momentum = momentum
     for level in model.levels:
@@ -118,7 +118,7 @@ def model(run_dir):
 def reference(model, images):
     """The Keras paths' detections: predict_step's padded dict and the host NMS lists."""
     padded = {
-        k: np.asarray(v) for k, v in model.predict_step(images.astype("float32") / 255).items()
+        k: np.asarray(v) for k, v in model.predict_step(images).items()
     }
     candidates = Detector(model).candidates(images)
     host = host_nms(*candidates, SCORE_THR, IOU_THR, model.max_det)

@@ -45,7 +45,7 @@ def overfit_run() -> OverfitRun:
     )
     targets = model.make_target_encoder()(boxes, labels)
     repeat = 8  # 8 steps of the same 8 images per epoch: fewer per-epoch overheads
-    x = np.concatenate([images.astype(np.float32) / 255] * repeat)
+    x = np.concatenate([images] * repeat)  # uint8 pixels, as the loaders send them
     y = {key: np.concatenate([value] * repeat) for key, value in targets.items()}
     model.compile(
         optimizer=keras.optimizers.AdamW(3e-3, weight_decay=1e-4), steps_per_execution=repeat

@@ -43,11 +43,16 @@ def _predict(model: keras.Model, x: np.ndarray) -> np.ndarray:
 
 
 # === Classifiers under test ===
+# Each takes pixels 0..255 and scales them first, as every detseg model does.
+def _pixels(inputs):
+    return keras.layers.Rescaling(1 / 255, name="pixels")(inputs)
+
+
 def flatten_dense(depth: int, hidden: tuple[int, ...] = (16,)) -> keras.Model:
     """`depth` x (3x3 valid conv, BN, 2x2 pool), Flatten, hidden Dense + Dropout, softmax."""
     size = {1: 16, 2: 24, 3: 40}[depth]  # the last map: 7x7, 4x4, 3x3
     inputs = keras.Input((size, size, 3))
-    x = inputs
+    x = _pixels(inputs)
     for i in range(depth):
         x = keras.layers.Conv2D(4 * (i + 1), 3, activation="relu")(x)
         x = keras.layers.BatchNormalization()(x)
@@ -65,6 +70,7 @@ def gap_sequential() -> keras.Model:
     model = keras.Sequential(
         [
             keras.Input((16, 16, 3)),
+            keras.layers.Rescaling(1 / 255, name="pixels"),
             keras.layers.Conv2D(6, 3, activation="relu"),
             keras.layers.MaxPooling2D(2),
             keras.layers.Conv2D(8, 3),
@@ -80,7 +86,7 @@ def gap_sequential() -> keras.Model:
 def gmp_functional() -> keras.Model:
     """Global max pooling, a separate Softmax layer, and a stride-2 conv."""
     inputs = keras.Input((15, 15, 2))
-    x = keras.layers.Conv2D(5, 3, strides=2, activation="tanh")(inputs)
+    x = keras.layers.Conv2D(5, 3, strides=2, activation="tanh")(_pixels(inputs))
     x = keras.layers.GlobalMaxPooling2D()(x)
     x = keras.layers.Dense(3)(x)
     outputs = keras.layers.Softmax()(x)
@@ -118,7 +124,7 @@ def test_fcn_on_the_window_size_equals_the_classifier(build):
     fcn = to_fully_convolutional(classifier)
     height, width = window_size(classifier)
     channels = classifier.input_shape[-1]
-    x = np.random.default_rng(0).uniform(0, 1, (2, height, width, channels))
+    x = np.random.default_rng(0).integers(0, 256, (2, height, width, channels), dtype=np.uint8)
 
     grid = _predict(fcn, x)
 
@@ -132,7 +138,7 @@ def test_each_cell_equals_the_classifier_on_its_window(build):
     fcn = to_fully_convolutional(classifier)
     (wh, ww), (sy, sx) = window_size(classifier), total_stride(fcn)
     channels = classifier.input_shape[-1]
-    image = np.random.default_rng(1).uniform(0, 1, (wh + 5 * sy, ww + 3 * sx, channels))
+    image = np.random.default_rng(1).integers(0, 256, (wh + 5 * sy, ww + 3 * sx, channels), dtype=np.uint8)
 
     grid = _predict(fcn, image[None])[0]
 
@@ -254,13 +260,13 @@ def red_green_classifier() -> keras.Model:
     """8x8 crops -> (background, red, green), weighted by hand; total stride 2.
 
     After a 2x2 average pool and Flatten, the red logit is 40 * (mean red - mean green) - 36
-    over the window (channels in 0..1) and the green one the mirror image; background is 0.
+    over the window (channels scaled to 0..1 by the model) and the green one the mirror image; background is 0.
     A window exactly on an 8x8 red square: logit 40 - 36 = 4, p = e^4 / (1 + e^4) = 0.982.
     Shifted by 2 px (a quarter out): 40 * 0.75 - 36 = -6, p = e^-6 / (1 + e^-6) = 0.0025.
     Shifted by 2 px both ways: 40 * 0.5625 - 36 = -13.5, p = 1.4e-6.
     """
     inputs = keras.Input((WINDOW, WINDOW, 3))
-    x = keras.layers.AveragePooling2D(2)(inputs)
+    x = keras.layers.AveragePooling2D(2)(_pixels(inputs))
     x = keras.layers.Flatten()(x)
     dense = keras.layers.Dense(3, activation="softmax")
     outputs = dense(x)
@@ -353,7 +359,7 @@ def test_detector_scores_match_the_naive_loop(build, grid):
 
     scores = detector.score_grid(image)
 
-    naive = naive_sliding_windows(classifier, image / 255.0, detector.stride)
+    naive = naive_sliding_windows(classifier, image, detector.stride)
     assert scores.shape[:2] == naive.shape[:2] == grid
     np.testing.assert_allclose(scores, naive, atol=1e-5)
 

@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import pytest
 
+from detseg.backbones.pyramid import image_input
 from detseg.errors import DetsegError
 from detseg.heads.localization import (
     Localizer,
@@ -24,9 +25,9 @@ SIZE = 64
 
 def small_backbone(size: int = SIZE) -> keras.Model:
     """A stand-in backbone: five stride-2 conv-BN-ReLU blocks (P5, 2x2), then a 2x2 valid conv
-    (P6, 1x1) whose kernel sees where on the 2x2 map the object is."""
-    inputs = keras.Input((size, size, 3), name="image")
-    x = inputs
+    (P6, 1x1) whose kernel sees where on the 2x2 map the object is. Pixels 0..255 in, scaled
+    by `image_input` as in every detseg backbone."""
+    inputs, x = image_input((size, size, 3))
     for filters in (8, 16, 32, 32, 64):
         x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False)(x)
         x = keras.layers.BatchNormalization()(x)
@@ -87,8 +88,8 @@ def test_box_iou_single_by_hand():
 # === Loss and metrics by hand ===
 def _tiny_localizer(num_classes: int = 3, **kwargs) -> Localizer:
     """A Localizer on a one-conv backbone (P1): few variables, quick to build under JAX too."""
-    inputs = keras.Input((SIZE, SIZE, 3), name="image")
-    p1 = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(inputs)
+    inputs, pixels = image_input((SIZE, SIZE, 3))
+    p1 = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(pixels)
     return Localizer(keras.Model(inputs, {"P1": p1}, name="one_conv"), num_classes, **kwargs)
 
 
@@ -172,7 +173,7 @@ def test_one_train_step_then_predict():
     keras.utils.set_random_seed(0)
     model = _tiny_localizer(2, box_loss="giou")
     images, boxes, labels = one_object_images(4, seed=1)
-    x = images.astype(np.float32) / 255
+    x = images  # uint8 pixels, as the loaders send them
     y = {"labels": labels, "boxes": encode_box(boxes, SIZE, SIZE)}
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
 
@@ -204,7 +205,7 @@ def test_build_localizer_and_keras_round_trip(tmp_path):
         "class": (None, 2),
         "box": (None, 4),
     }
-    x = one_object_images(2, seed=1)[0].astype(np.float32) / 255
+    x = one_object_images(2, seed=1)[0]
     predicted = model.predict(x, verbose=0)
 
     path = tmp_path / "localizer.keras"
@@ -223,7 +224,7 @@ def test_build_localizer_and_keras_round_trip(tmp_path):
 
 def test_short_training_beats_the_constant_box_baseline():
     images, boxes, labels = one_object_images(240, seed=0)
-    x = images.astype(np.float32) / 255
+    x = images
     targets = encode_box(boxes, SIZE, SIZE)
     train, held_out = slice(0, 200), slice(200, 240)
     keras.utils.set_random_seed(0)

@@ -22,9 +22,8 @@ def to_numpy(x) -> np.ndarray:
 
 
 def random_images(batch: int, size: int, channels: int = 3, seed: int = 0) -> np.ndarray:
-    return (
-        np.random.default_rng(seed).uniform(0, 1, (batch, size, size, channels)).astype(np.float32)
-    )
+    """uint8 pixels, as the loaders send them."""
+    return np.random.default_rng(seed).integers(0, 256, (batch, size, size, channels), dtype=np.uint8)
 
 
 def small_unet(num_classes: int = 3, size: int = 32, channels: int = 3, depth: int = 3, **kwargs) -> UNetSegmenter:
@@ -310,7 +309,7 @@ OVERFIT_SHAPES = ShapesConfig(
 def test_a_small_unet_overfits_six_shapes_images(tmp_path_factory):
     dataset = load_shapes(OVERFIT_SHAPES, "train", tmp_path_factory.mktemp("shapes"))
     lut = dataset.mask_lut()
-    x = np.stack([read_image(s.image_path) for s in dataset.samples]).astype(np.float32) / 255
+    x = np.stack([read_image(s.image_path) for s in dataset.samples])
     y = np.stack([read_semantic_mask(s.semantic_mask_path, lut) for s in dataset.samples])
     num_classes = len(dataset.mask_classes)  # background, circle, square, triangle
     assert set(np.unique(y)) == set(range(num_classes))

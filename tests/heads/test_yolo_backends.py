@@ -20,7 +20,7 @@ def test_one_train_step_then_predict_and_detector_agree():
     # A low score threshold: right after initialisation scores sit near the objectness prior.
     model = YoloDetector(tiny_backbone(64), 3, ANCHORS_64, width=0.125, score_thr=0.001, max_boxes=4)
     targets = model.make_target_encoder()(boxes, labels)
-    x = images.astype(np.float32) / 255
+    x = images  # uint8 pixels, as the loaders send them
 
     before = [keras.ops.convert_to_numpy(w).copy() for w in model.trainable_weights]
     model.compile(optimizer=keras.optimizers.AdamW(1e-3))

@@ -128,9 +128,7 @@ def test_detector_host_path_matches_predict_step(overfit_run):
         for i, image in enumerate(overfit_run.images[:5])
     ]
     boxed = [letterbox(image, size) for image in originals]
-    graph = model.predict(
-        np.stack([image for image, _ in boxed]).astype(np.float32) / 255, verbose=0
-    )
+    graph = model.predict(np.stack([image for image, _ in boxed]), verbose=0)
     found = Detector(
         model, score_thr=model.score_thr, iou_thr=model.iou_thr, max_det=model.max_det
     )(originals)
@@ -152,7 +150,7 @@ def test_detector_host_path_matches_predict_step(overfit_run):
 
 def test_keras_round_trip_gives_identical_detections(overfit_run, tmp_path):
     model = overfit_run.model
-    x = overfit_run.images.astype(np.float32) / 255
+    x = overfit_run.images
     model.save(tmp_path / "yolo.keras")
     loaded = keras.saving.load_model(tmp_path / "yolo.keras")
     assert isinstance(loaded, YoloDetector)

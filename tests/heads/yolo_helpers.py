@@ -9,6 +9,8 @@ import cv2
 import keras
 import numpy as np
 
+from detseg.backbones.pyramid import image_input
+
 # Nine priors for a 64 px input, smallest first: P3 gets 4..12, P4 16..32, P5 40..64.
 ANCHORS_64 = [[4, 4], [8, 8], [12, 12], [16, 16], [24, 24], [32, 32], [40, 40], [48, 48], [64, 64]]
 
@@ -17,9 +19,9 @@ BIG = 20.0
 
 
 def tiny_backbone(size: int = 64, width: int = 8, levels=("P3", "P4", "P5"), name="stand_in"):
-    """A stand-in pyramid backbone: strided conv-BN-ReLU blocks returning {"Pk": ...}."""
-    inputs = keras.Input((size, size, 3), name="image")
-    x = inputs
+    """A stand-in pyramid backbone: strided conv-BN-ReLU blocks returning {"Pk": ...}; it
+    takes pixels 0..255 and scales them, as every detseg backbone (`image_input`)."""
+    inputs, x = image_input((size, size, 3))
     outputs = {}
     deepest = max(int(level[1:]) for level in levels)
     for k in range(1, deepest + 1):

@@ -139,7 +139,7 @@ def test_predict_scores_each_window_as_the_classifier_does(trained, tmp_path):
     names = cfg.data.names
     found = 0
     for record, path in zip(records, sorted(images, key=lambda p: p.name), strict=True):
-        image = read_image(source / path.name).astype(np.float32) / 255
+        image = read_image(source / path.name)
         for box, score, label in zip(
             record["boxes"], record["scores"], record["labels"], strict=True
         ):
