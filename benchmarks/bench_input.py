@@ -17,7 +17,10 @@ keeps), and uint8 / float32 for each row. On a CPU the host -> device copy is a 
 the dtype matters little here; on an accelerator it is the 4x smaller transfer.
 
     .venv/bin/python benchmarks/bench_input.py [--steps 20] [--repeats 2] [--set key=value ...]
-    .venv/bin/python benchmarks/bench_input.py --quick    # tiny data and model, seconds
+    .venv/bin/python benchmarks/bench_input.py --quick    # seconds: checks the script runs
+
+`--quick` takes a few tiny images, a narrow one-level model and (under TensorFlow) eager,
+uncompiled steps, so its figures mean nothing; it is what the test suite runs.
 """
 
 from __future__ import annotations
@@ -96,12 +99,13 @@ def _best_rate(run, images: int, repeats: int) -> float:
     return images / best
 
 
-def measure(cfg, steps: int, repeats: int) -> dict[str, dict[str, float]]:
-    """{row: {dtype: img/s}} for the three rows of the module docstring."""
+def measure(cfg, steps: int, repeats: int, eager: bool = False) -> dict[str, dict[str, float]]:
+    """{row: {dtype: img/s}} for the three rows of the module docstring; `eager` runs the
+    training step uncompiled (`--quick`: no compile time, figures that mean nothing)."""
     train_ds = load_split(cfg.data, "train")
     anchors = anchor_list(fit_config_anchors(cfg, dataset=train_ds))
     model = build_yolo(cfg.model, len(train_ds.class_names), anchors, cfg.predict)
-    model.compile(optimizer=keras.optimizers.AdamW(cfg.train.lr))
+    model.compile(optimizer=keras.optimizers.AdamW(cfg.train.lr), run_eagerly=eager)
     loader = training_loader(cfg, train_ds, model.make_target_encoder())
     steps = min(steps, len(loader))
     ready = [loader[i] for i in range(steps)]
@@ -149,7 +153,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser.add_argument("--config", default="configs/shapes_yolov3_tiny.yaml")
     parser.add_argument("--steps", type=int, default=20, help="batches per measured epoch")
     parser.add_argument("--repeats", type=int, default=2, help="best of this many epochs")
-    parser.add_argument("--quick", action="store_true", help="tiny data and model (the test)")
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny data and model (the test)"
+    )
     parser.add_argument("--set", action="append", default=[], help="config override key=value")
     args = parser.parse_args(argv)
     start_backend_quietly()
@@ -161,7 +167,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         args.steps, args.repeats = min(args.steps, 2), 1
     try:
         cfg = load_config(args.config, overrides)
-        rows = measure(cfg, args.steps, args.repeats)
+        # JAX dispatches eager ops one by one, slower than compiling even a tiny step.
+        eager = args.quick and keras.backend.backend() == "tensorflow"
+        rows = measure(cfg, args.steps, args.repeats, eager=eager)
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
