@@ -187,8 +187,10 @@ def test_bad_arguments_are_rejected(tiny):
         DetectionLoader(tiny, 64, 2)[3]
 
 
-def test_keras_worker_threads_give_the_same_epochs(shapes):
-    # the path model.fit takes: Keras's adapter, whose workers > 1 run __getitem__ on a thread pool
+@pytest.mark.parametrize("processes", [False, True], ids=["threads", "processes"])
+def test_keras_workers_give_the_same_epochs(shapes, processes):
+    # the path model.fit takes: Keras's adapter, whose workers > 1 run __getitem__ on a thread
+    # pool, or on a process pool that receives the loader (its epoch included) each epoch
     from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
 
     def epochs(loader: DetectionLoader) -> list:
@@ -202,5 +204,5 @@ def test_keras_worker_threads_give_the_same_epochs(shapes):
     augment = build_augment(AugmentConfig(rotate=10))
     options = {"augment": augment, "shuffle": True, "seed": 2, "mosaic_p": 0.5}
     sequential = epochs(DetectionLoader(shapes, 64, 4, **options))
-    threaded = epochs(DetectionLoader(shapes, 64, 4, workers=2, **options))
-    assert len(sequential) == 2 * 3 and _same(sequential, threaded)
+    parallel = epochs(DetectionLoader(shapes, 64, 4, workers=2, use_multiprocessing=processes, **options))
+    assert len(sequential) == 2 * 3 and _same(sequential, parallel)

@@ -161,6 +161,33 @@ def test_loader_order_is_a_seeded_permutation_per_epoch(tmp_path):
     assert epoch1.tolist() != epoch0.tolist()
 
 
+@pytest.mark.parametrize("processes", [False, True], ids=["threads", "processes"])
+def test_augmented_epochs_are_the_same_on_keras_workers(tmp_path, processes):
+    """Each crop's augmentation is seeded by (seed, epoch, position): Keras's worker threads or
+    processes give the batches of a sequential pass, epoch after epoch."""
+    from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
+
+    from detseg.config import AugmentConfig
+    from detseg.data import build_augment
+
+    crops = load_classification_split(load_config(None, imagefolder_config(tmp_path)).data, "train")
+    augment = build_augment(AugmentConfig(hflip=0.5, rotate=20, affine_p=1.0, color_p=1.0))
+
+    def epochs(workers: int) -> list:
+        loader = ClassificationLoader(crops, 32, 4, augment=augment, shuffle=True, seed=5, workers=workers, use_multiprocessing=processes)
+        adapter, out = PyDatasetAdapter(loader, shuffle=False), []
+        for _ in range(2):
+            adapter.on_epoch_begin()
+            out.append([x for x, _ in adapter.get_numpy_iterator()])
+            adapter.on_epoch_end()
+        return out
+
+    sequential, parallel = epochs(0), epochs(2)
+    assert not np.array_equal(sequential[0][0], sequential[1][0])  # each epoch is new
+    for one, other in zip(sequential, parallel, strict=True):
+        assert all(np.array_equal(a, b) for a, b in zip(one, other, strict=True))
+
+
 # === Data errors ===
 
 

@@ -156,6 +156,15 @@ def test_a_seed_reproduces_the_losses_exactly(tiny_run):
     assert [[row[k] for k in columns] for row in rows] == [[row[k] for k in columns] for row in first]
 
 
+@pytest.mark.slow
+def test_another_seed_logs_other_losses(tiny_run):
+    """The seed reaches the run: seed 1 (other weights, order and augmentation) logs another
+    first-epoch loss than the fixture's seed 0. Slow: a third training of the detector."""
+    cfg, run_dir = tiny_run
+    other = cfg.model_copy(update={"name": "seed1", "train": cfg.train.model_copy(update={"seed": 1, "gallery_every": 0})})
+    assert float(_history(train(other))[0]["loss"]) != float(_history(run_dir)[0]["loss"])
+
+
 def test_the_gallery_is_drawn_every_epoch_into_png_and_tensorboard(tiny_run):
     import cv2
     from tensorflow.compat.v1.train import summary_iterator
