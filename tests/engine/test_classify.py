@@ -30,6 +30,7 @@ from detseg.engine.evaluate import evaluate_model
 from detseg.engine.train import train, training_phases
 from detseg.errors import DetsegError
 from detseg.metrics import classification_metrics
+from tests.data.helpers import keras_epochs
 
 REPO = Path(__file__).resolve().parents[2]
 RED, BLUE = (255, 0, 0), (0, 0, 255)
@@ -165,8 +166,6 @@ def test_loader_order_is_a_seeded_permutation_per_epoch(tmp_path):
 def test_augmented_epochs_are_the_same_on_keras_workers(tmp_path, processes):
     """Each crop's augmentation is seeded by (seed, epoch, position): Keras's worker threads or
     processes give the batches of a sequential pass, epoch after epoch."""
-    from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
-
     from detseg.config import AugmentConfig
     from detseg.data import build_augment
 
@@ -175,12 +174,7 @@ def test_augmented_epochs_are_the_same_on_keras_workers(tmp_path, processes):
 
     def epochs(workers: int) -> list:
         loader = ClassificationLoader(crops, 32, 4, augment=augment, shuffle=True, seed=5, workers=workers, use_multiprocessing=processes)
-        adapter, out = PyDatasetAdapter(loader, shuffle=False), []
-        for _ in range(2):
-            adapter.on_epoch_begin()
-            out.append([x for x, _ in adapter.get_numpy_iterator()])
-            adapter.on_epoch_end()
-        return out
+        return [[x for x, _ in epoch] for epoch in keras_epochs(loader)]
 
     sequential, parallel = epochs(0), epochs(2)
     assert not np.array_equal(sequential[0][0], sequential[1][0])  # each epoch is new
