@@ -534,8 +534,36 @@ class TrainConfig(_Section):
     schedule: Literal["constant", "cosine"] = Field("cosine", description="Learning-rate schedule after warm-up.")
     warmup_epochs: float = Field(1.0, ge=0, description="Linear learning-rate warm-up, in epochs.")
     augment: AugmentConfig = Field(default_factory=AugmentConfig, description="Augmentation of training images.")
-    seed: int = Field(0, description="Seed of weights init, shuffling and augmentation.")
-    mixed_precision: bool = Field(False, description="Train in mixed_float16/bfloat16 where the device supports it.")
+    seed: int = Field(
+        0,
+        description=(
+            "Seed of Python, NumPy and Keras (weights init, dropout), the shuffling and every "
+            "sample's augmentation (the same with any number of loader workers)."
+        ),
+    )
+    deterministic: bool = Field(
+        False,
+        description=(
+            "Also make TensorFlow's ops deterministic (TensorFlow backend; slower). JAX on a CPU is "
+            "already deterministic; on a GPU it needs XLA_FLAGS=--xla_gpu_deterministic_ops=true."
+        ),
+    )
+    mixed_precision: bool = Field(
+        False,
+        description=(
+            "Train in mixed_bfloat16 where the device computes in bfloat16 (TPU, GPU of compute "
+            "capability >= 8.0, CPU with AVX512-BF16 or AMX-BF16), else in mixed_float16 with loss "
+            "scaling; outputs, losses and decoding stay float32."
+        ),
+    )
+    gallery_every: int = Field(
+        0,
+        ge=0,
+        description=(
+            "Draw the first validation images' truth | prediction into "
+            "plots/gallery_epoch<NNN>.png (and TensorBoard) every N epochs and after the last; 0: never."
+        ),
+    )
     resume: bool = Field(False, description="Continue from the run folder's last.keras.")
     freeze_backbone_epochs: int = Field(
         0,

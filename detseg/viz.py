@@ -13,12 +13,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from detseg.data.images import letterbox
 from detseg.data.loader import DetectionLoader
 from detseg.data.sample import IGNORE_INDEX
 from detseg.errors import DetsegError
 from detseg.feature_maps import feature_maps  # the chapter's filter demo, re-exported here
 
-__all__ = ["class_color", "draw_detections", "draw_legend", "draw_semantic", "feature_maps", "save_gallery", "tile_images", "untinted_labels", "GalleryTargets"]
+__all__ = ["class_color", "draw_detections", "draw_legend", "draw_semantic", "feature_maps", "save_gallery", "tile_images", "titled_grid", "untinted_labels", "GalleryTargets"]
 
 # Twenty well-separated RGB colours (a qualitative palette); class k uses _PALETTE[k % 20].
 _PALETTE = np.array(
@@ -154,6 +155,26 @@ def tile_images(images: Sequence[np.ndarray], columns: int, gap: int = 4) -> np.
         r, c = divmod(i, columns)
         grid[r * (h + gap) : r * (h + gap) + h, c * (w + gap) : c * (w + gap) + w] = image
     return grid
+
+
+TITLE_HEIGHT = 24
+"""Pixels of the title strip above the columns of a `titled_grid`."""
+
+
+def titled_grid(rows: Sequence[Sequence[np.ndarray]], titles: Sequence[str], side: int = 160, gap: int = 4) -> np.ndarray:
+    """RGB panels of any size, each letterboxed to `side` x `side`, in one row per entry of
+    `rows` under a white strip naming each column (`titles`, one per panel of a row).
+
+    The grid is `TITLE_HEIGHT + len(rows) * (side + gap)` high and
+    `len(titles) * (side + gap) - gap` wide.
+    """
+    if any(len(row) != len(titles) for row in rows):
+        raise ValueError(f"every row needs {len(titles)} panels, one per title")
+    grid = tile_images([letterbox(panel, side)[0] for row in rows for panel in row], len(titles), gap)
+    strip = np.full((TITLE_HEIGHT + gap, grid.shape[1], 3), 255, np.uint8)
+    for column, title in enumerate(titles):
+        cv2.putText(strip, title, (column * (side + gap) + 4, TITLE_HEIGHT - 7), _FONT, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.concatenate([strip, grid])
 
 
 class GalleryTargets:

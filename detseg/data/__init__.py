@@ -25,6 +25,7 @@ from detseg.data.images import (
     read_image,
     unletterbox_boxes,
     unletterbox_map,
+    write_image,
 )
 from detseg.data.masks import load_masks, read_semantic_mask
 from detseg.data.sample import IGNORE_INDEX, Dataset, Sample, Summary
@@ -85,6 +86,7 @@ __all__ = [
     "training_loader",
     "unletterbox_boxes",
     "unletterbox_map",
+    "write_image",
     "write_coco",
     "write_shapes_video",
     "write_via",

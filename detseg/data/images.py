@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from detseg.atomic import replacing
 from detseg.errors import DetsegError
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "resize_to_fit",
     "unletterbox_boxes",
     "unletterbox_map",
+    "write_image",
 ]
 
 PAD_VALUE = 114
@@ -49,6 +51,16 @@ def read_image(path: str | Path) -> np.ndarray:
     if bgr is None:
         raise DetsegError("image does not decode (corrupt or not an image)", path)
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def write_image(image: np.ndarray, path: str | Path) -> Path:
+    """Write an RGB uint8 image (the format from the suffix), atomically (`detseg.atomic`);
+    DetsegError naming the file if it cannot be written."""
+    path = Path(path)
+    with replacing(path) as partial:
+        if not cv2.imwrite(str(partial), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
+            raise DetsegError("cannot write the image", path)
+    return path
 
 
 def image_size(path: str | Path) -> tuple[int, int]:

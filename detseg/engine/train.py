@@ -3,7 +3,9 @@
 The run folder `<out_dir>/<name>/` receives `config.yaml` (resolved: class names, fitted
 anchors, ...), `best.keras` (best validation score, the task's `monitor`), `last.keras`,
 `history.csv` (with the learning rate, `lr`), `plots/curves.png` (every loss term, validation
-metric and the learning rate per epoch), TensorBoard logs and the task's evaluation report of the best model.
+metric and the learning rate per epoch), with `train.gallery_every` a gallery of validation
+predictions every N epochs (`plots/gallery_epoch<NNN>.png`, drawn by the task, and TensorBoard
+images), TensorBoard logs and the task's evaluation report of the best model.
 Setup, resume, checkpoints, the training phases (freeze-then-fine-tune), the time limit
 and TensorBoard exist here once.
 
@@ -15,17 +17,22 @@ history lists every epoch once. Ctrl-C saves last.keras as it is before the CLI 
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import math
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 
 from detseg.config import Config, TrainConfig, dump_config
+from detseg.data import write_image
+from detseg.engine.precision import set_op_determinism, set_precision
 from detseg.engine.runs import (
     best_logged,
     completed_epochs,
@@ -41,9 +48,11 @@ from detseg.tasks import Task, task_for
 
 __all__ = [
     "Checkpoint",
+    "GalleryLog",
     "HistoryLog",
     "LearningRateLog",
     "TimeBudgetSchedule",
+    "fit_verbosity",
     "make_optimizer",
     "set_precision",
     "train",
@@ -158,13 +167,6 @@ def training_phases(train_cfg: TrainConfig) -> list[tuple[int, int, bool, TrainC
     return phases
 
 
-def set_precision(cfg: Config) -> None:
-    """Mixed precision when the config asks for it: float16 on a GPU, bfloat16 on a CPU."""
-    if cfg.train.mixed_precision:
-        on_gpu = any(d.startswith("gpu") for d in keras.distribution.list_devices())
-        keras.mixed_precision.set_global_policy("mixed_float16" if on_gpu else "mixed_bfloat16")
-
-
 # === Run-folder callbacks ===
 
 
@@ -203,6 +205,26 @@ def _cell(value: Any) -> Any:
         return float(value)
     except (TypeError, ValueError):
         return value
+
+
+class GalleryLog(keras.callbacks.Callback):
+    """Every `every` epochs and after the last (`epochs`, or the epoch a time limit stops), draw
+    `draw(model)` (an RGB uint8 image: the task's gallery of validation predictions) into
+    `plots/gallery_epoch<NNN>.png` (NNN: the epoch, counted from 1), and pass it to `images`
+    (`(image, step)`: TensorBoard, where the step is Keras's epoch index, as for its scalars)."""
+
+    def __init__(self, draw: Callable[[keras.Model], np.ndarray], every: int, epochs: int, run_dir: Path, images=None):
+        super().__init__()
+        self.draw, self.every, self.epochs, self.images = draw, every, epochs, images
+        self.plots = Path(run_dir) / "plots"
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.every and epoch + 1 < self.epochs and not self.model.stop_training:
+            return
+        image = self.draw(self.model)
+        write_image(image, self.plots / f"gallery_epoch{epoch + 1:03d}.png")
+        if self.images is not None:
+            self.images(image, epoch)
 
 
 class HistoryLog(keras.callbacks.Callback):
@@ -251,11 +273,30 @@ def _callbacks(cfg: Config, task: Task, val_data: Any, budget: TimeBudgetSchedul
         ),
         Checkpoint(run_dir / "last.keras"),
     ]
-    if importlib.util.find_spec("tensorflow") and importlib.util.find_spec("tensorboard"):
+    tensorboard = bool(importlib.util.find_spec("tensorflow") and importlib.util.find_spec("tensorboard"))
+    if tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(run_dir / "logs"))
+    if cfg.train.gallery_every:
+        images = _tensorboard_images(run_dir / "logs" / "gallery") if tensorboard else None
+        draw = functools.partial(task.gallery, cfg, data=val_data)
+        callbacks.append(GalleryLog(draw, cfg.train.gallery_every, cfg.train.epochs, run_dir, images))
     if budget is not None:  # it sets the learning rate before any batch and logs the minutes
         callbacks.insert(0, budget)
     return callbacks
+
+
+def _tensorboard_images(logdir: Path) -> Callable[[np.ndarray, int], None]:
+    """A writer of RGB uint8 images as TensorBoard image summaries ("gallery") in `logdir`."""
+    import tensorflow as tf
+
+    writer = tf.summary.create_file_writer(str(logdir))
+
+    def write(image: np.ndarray, step: int) -> None:
+        with writer.as_default():
+            tf.summary.image("gallery", image[None], step=step)
+        writer.flush()
+
+    return write
 
 
 def _time_budget(cfg: Config) -> TimeBudgetSchedule | None:
@@ -265,6 +306,14 @@ def _time_budget(cfg: Config) -> TimeBudgetSchedule | None:
     spent = (last_logged(cfg.run_dir, SPENT_KEY) or 0.0) if cfg.train.resume else 0.0
     warmup = cfg.train.warmup_epochs / cfg.train.epochs
     return TimeBudgetSchedule(cfg.train.time_limit, cfg.train.lr, cfg.train.schedule, warmup, spent_minutes=spent)
+
+
+def fit_verbosity() -> int:
+    """Keras's `verbose` for `fit`: a live progress bar in a terminal (1), one line per epoch
+    when the output is a file or a pipe (2), nothing below INFO logging (0)."""
+    if not log.isEnabledFor(logging.INFO):
+        return 0
+    return 1 if sys.stdout.isatty() else 2
 
 
 def _fit_phases(
@@ -297,7 +346,7 @@ def _fit_phases(
             shuffle=False,  # the loader shuffles itself, seeded per epoch
             # last: it logs what the callbacks before it added, once last.keras is saved
             callbacks=[*callbacks, HistoryLog(cfg.run_dir, append=first > 0)],
-            verbose=2 if log.isEnabledFor(logging.INFO) else 0,
+            verbose=fit_verbosity(),
         )
         if len(history.epoch) < end - first:  # stopped by the time limit
             return
@@ -315,7 +364,8 @@ def train(cfg: Config, *, callbacks: Sequence[keras.callbacks.Callback] = (), un
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(cfg.train.seed)
-    set_precision(cfg)
+    set_op_determinism(cfg.train.deterministic)
+    set_precision(cfg.train.mixed_precision)
     train_data = task.load_data(cfg, "train")
     log.info(task.describe_data(train_data, "train"))
     # The saved config is explicit (class names, fitted anchors, ...): a model file and its

@@ -5,7 +5,8 @@
 needs a fixed input size (it flattens the last feature map).
 
 Images go in as RGB pixels 0..255, uint8 or float: the backbone scales them (its "pixels"
-layer, see `detseg.backbones.pyramid`), after the optional grey conversion.
+layer, see `detseg.backbones.pyramid`), after the optional grey conversion. Every output
+layer (the softmax) computes in float32, also under a mixed-precision policy.
 
 Transfer learning: `set_backbone_trainable(model, False)` freezes the backbone (its batch
 norms then run in inference mode); recompile after every change of `trainable`.
@@ -76,8 +77,8 @@ def _lenet5_top(x, num_classes: int, dropout: float, width: float):
     x = keras.layers.Dense(scale_channels(84, width), activation="tanh", name="f6")(x)
     if dropout:
         x = keras.layers.Dropout(dropout, name="dropout")(x)
-    x = RBFOutput(num_classes, logits=True, name="rbf")(x)
-    return keras.layers.Softmax(name=OUTPUT_LAYER)(x)
+    x = RBFOutput(num_classes, logits=True, dtype="float32", name="rbf")(x)
+    return keras.layers.Softmax(dtype="float32", name=OUTPUT_LAYER)(x)
 
 
 def _dense_4096_top(x, num_classes: int, dropout: float, width: float):
@@ -87,7 +88,7 @@ def _dense_4096_top(x, num_classes: int, dropout: float, width: float):
         x = keras.layers.Dense(scale_channels(4096, width), activation="relu", name=f"fc{i}")(x)
         if dropout:
             x = keras.layers.Dropout(dropout, name=f"dropout{i}")(x)
-    return keras.layers.Dense(num_classes, activation="softmax", name=OUTPUT_LAYER)(x)
+    return keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name=OUTPUT_LAYER)(x)
 
 
 def _fashion_top(x, num_classes: int, dropout: float, width: float):
@@ -97,7 +98,7 @@ def _fashion_top(x, num_classes: int, dropout: float, width: float):
         x = keras.layers.Dense(scale_channels(units, width), activation="relu", name=f"fc{i}")(x)
         if dropout:
             x = keras.layers.Dropout(dropout, name=f"dropout{i}")(x)
-    return keras.layers.Dense(num_classes, activation="softmax", name=OUTPUT_LAYER)(x)
+    return keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name=OUTPUT_LAYER)(x)
 
 
 # name -> (top builder, backbone arguments that reproduce the paper's layer table)
@@ -114,7 +115,7 @@ def _gap_top(x, num_classes: int, dropout: float, name: str = OUTPUT_LAYER, pref
     x = keras.layers.GlobalAveragePooling2D(name=f"{prefix}gap")(x)
     if dropout:
         x = keras.layers.Dropout(dropout, name=f"{prefix}dropout")(x)
-    return keras.layers.Dense(num_classes, activation="softmax", name=name)(x)
+    return keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name=name)(x)
 
 
 def _aux_classifier(x, num_classes: int, width: float, key: str):
@@ -126,7 +127,7 @@ def _aux_classifier(x, num_classes: int, width: float, key: str):
     x = keras.layers.Flatten(name=f"aux_{key}_flatten")(x)
     x = keras.layers.Dense(scale_channels(1024, width), activation="relu", name=f"aux_{key}_fc")(x)
     x = keras.layers.Dropout(AUX_DROPOUT, name=f"aux_{key}_dropout")(x)
-    return keras.layers.Dense(num_classes, activation="softmax", name=f"aux_{key}")(x)
+    return keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name=f"aux_{key}")(x)
 
 
 def build_classifier(

@@ -3,8 +3,8 @@
 The engine (`detseg.engine`) trains, evaluates, predicts and exports any model kind by
 asking its Task: load the data, prepare the config (fit anchors, record class names), build
 the model, make the training loader, compile it, score the validation split, write the
-evaluation report, wrap the model for images and video, and build the serving graph of an
-export. The Keras model keeps its own loss (`compute_loss`) and decoding (`predict_step`).
+evaluation report, wrap the model for images and video, draw a gallery of validation
+predictions, and build the serving graph of an export. The Keras model keeps its own loss (`compute_loss`) and decoding (`predict_step`).
 A hook with a default here is one most tasks share; a new task overrides what differs.
 """
 
@@ -16,17 +16,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
+
 from detseg.backbones.pyramid import PIXELS_LAYER, scales_pixels
 from detseg.config import Config
+from detseg.data import letterbox_params, read_image
+from detseg.data.images import resize_to_fit
 from detseg.errors import DetsegError
+from detseg.viz import draw_detections, titled_grid
 
 if TYPE_CHECKING:
     import keras
-    import numpy as np
 
     from detseg.stream import Predictor
 
-__all__ = ["Report", "Task", "refuse_thresholds"]
+__all__ = ["GALLERY_ROWS", "GALLERY_TITLES", "Report", "Task", "refuse_thresholds"]
+
+GALLERY_ROWS = 4
+"""Validation images (rows) in a training gallery (`Task.gallery`)."""
+GALLERY_SIDE = 192
+"""Pixels of the longer side of each image of a training gallery (drawn at that size)."""
+GALLERY_TITLES = ("truth", "prediction")
+"""The columns of a training gallery."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +119,29 @@ class Task(ABC):
     def after_training(self, cfg: Config, best: keras.Model, run_dir: Path) -> None:
         """Anything written once the best model is known (nothing by default)."""
         return None
+
+    def gallery_examples(self, data: Any, count: int, side: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The first `count` images of `data` (RGB uint8) and a copy of each with its truth drawn:
+        here a detection Dataset's captioned boxes. With `side`, the images are first resized so
+        that their longer side is `side` (the captions then keep their size in the gallery); a
+        task whose prediction works in the image's own pixels (sliding windows, tiles) ignores it."""
+        examples = []
+        for sample in data.samples[:count]:
+            image, boxes = read_image(sample.image_path), sample.boxes
+            if side:
+                params = letterbox_params(image.shape[1], image.shape[0], side)
+                image, boxes = resize_to_fit(image, side), boxes * np.float32([params.scale_x, params.scale_y] * 2)
+            examples.append((image, draw_detections(image, boxes, sample.labels, class_names=data.class_names)))
+        return examples
+
+    def gallery(self, cfg: Config, model: keras.Model, data: Any, count: int = GALLERY_ROWS) -> np.ndarray:
+        """An RGB grid of the first `count` validation images: truth | `model`'s prediction, drawn
+        by this task's predictor (the predict thresholds), one row per image (`titled_grid`)."""
+        examples = self.gallery_examples(data, count, GALLERY_SIDE)
+        predictor = self.predictor(cfg, model, score_thr=None, iou_thr=None, batch=len(examples))
+        results = predictor([image for image, _ in examples])
+        rows = [[truth, predictor.draw(image, result)] for (image, truth), result in zip(examples, results, strict=True)]
+        return titled_grid(rows, GALLERY_TITLES, GALLERY_SIDE)
 
     # === Evaluation, prediction, export ===
 

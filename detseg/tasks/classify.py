@@ -19,16 +19,18 @@ import numpy as np
 
 from detseg.backbones import APPLICATIONS_PREFIX
 from detseg.config import Config
-from detseg.data import build_augment
+from detseg.data import build_augment, read_image
 from detseg.data.classification import (
     ClassificationLoader,
     check_classes,
     load_classification_split,
 )
-from detseg.data.crops import Crops
+from detseg.data.crops import Crops, cut_crop
 from detseg.data.files import write_json
+from detseg.data.images import resize_to_fit
 from detseg.heads.classifier import BACKBONE_LAYER, ImageClassifier, build_classifier
 from detseg.metrics import classification_metrics, format_classification, plot_class_confusion
+from detseg.stream.sinks import draw_text_block
 from detseg.tasks.base import Report, Task, refuse_thresholds
 from detseg.tasks.predictors import ClassificationPredictor
 
@@ -139,6 +141,16 @@ class ClassifyTask(Task):
             ),
         )
         return Report(metrics, f"{format_classification(metrics)}\nmetrics and confusion matrix: {out}", files)
+
+    def gallery_examples(self, data: Crops, count: int, side: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The first `count` crops (resized to fit `side` when given) and each with its true
+        class written in its top-left corner."""
+        examples = []
+        for path, box, label in zip(data.paths[:count], data.boxes[:count], data.labels[:count], strict=True):
+            image = cut_crop(read_image(path), box)
+            image = resize_to_fit(image, side) if side else image
+            examples.append((image, draw_text_block(image.copy(), [data.class_names[int(label)]])))
+        return examples
 
     def after_training(self, cfg: Config, best: ImageClassifier, run_dir: Path) -> None:
         """The trained trunk alone, for `model.weights` of a later run (transfer learning)."""

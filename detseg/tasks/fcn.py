@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 
 from detseg.config import Config, EvalConfig
 from detseg.data import Dataset, load_split, read_image
@@ -96,6 +97,11 @@ class FCNTask(ClassifyTask):
 
     def check_val_data(self, cfg: Config, data: WindowData) -> None:
         Task.check_val_data(self, cfg, data)
+
+    def gallery_examples(self, data: WindowData, count: int, side: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The whole images and their boxes at their own size: the detector's windows are in
+        the image's pixels."""
+        return Task.gallery_examples(self, data.dataset, count)
 
     # === Model and training ===
 

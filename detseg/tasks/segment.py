@@ -20,7 +20,6 @@ import cv2
 import keras
 import numpy as np
 
-from detseg.atomic import replacing
 from detseg.config import Config
 from detseg.data import (
     IGNORE_INDEX,
@@ -30,6 +29,7 @@ from detseg.data import (
     read_image,
     read_semantic_mask,
     training_loader,
+    write_image,
 )
 from detseg.data.files import write_json
 from detseg.data.semantic import BACKGROUND, with_semantic_masks
@@ -84,21 +84,17 @@ def format_segmentation(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _gallery(dataset: Dataset, maps: list[np.ndarray], skip: list[int], path: Path) -> Path:
-    """image | truth | prediction for the first few images, each row scaled to one height."""
-    lut, rows = dataset.mask_lut(), []
-    for sample, predicted in list(zip(dataset.samples, maps, strict=True))[:GALLERY_IMAGES]:
-        image = read_image(sample.image_path)
-        truth = read_semantic_mask(sample.semantic_mask_path, lut)
-        panels = [image, draw_semantic(image, truth, skip=skip), draw_semantic(image, predicted, skip=skip)]
+def _gallery(examples: list[tuple[np.ndarray, np.ndarray]], maps: list[np.ndarray], skip: list[int], path: Path) -> Path:
+    """image | truth | prediction for the `examples` (`SegmentTask.gallery_examples`) and the
+    class maps of their images, each row scaled to one height."""
+    rows = []
+    for (image, truth), predicted in zip(examples, maps[: len(examples)], strict=True):
+        panels = [image, truth, draw_semantic(image, predicted, skip=skip)]
         scale = 160 / image.shape[0]
         rows += [cv2.resize(p, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) for p in panels]
     width = max(r.shape[1] for r in rows)
     rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
-    with replacing(path) as partial:
-        if not cv2.imwrite(str(partial), cv2.cvtColor(tile_images(rows, 3), cv2.COLOR_RGB2BGR)):
-            raise DetsegError("cannot write the gallery image", path)
-    return path
+    return write_image(tile_images(rows, 3), path)
 
 
 class ServingSegmenter(keras.Model):
@@ -179,6 +175,18 @@ class SegmentTask(Task):
         result = score_segmenter(self._segmenter(cfg, model), val_data)[0].result()
         return {"val_mIoU": result["mIoU"], "val_pixel_accuracy": result["pixel_accuracy"]}
 
+    def gallery_examples(self, data: Dataset, count: int, side: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The first `count` images and each with its true class map tinted ("background" not),
+        at their own size: tiled prediction (`predict.tile`) works in the image's pixels, and
+        tints and legend scale with the image."""
+        lut, skip = data.mask_lut(), untinted_labels(self.class_names(data))
+        examples = []
+        for sample in data.samples[:count]:
+            image = read_image(sample.image_path)
+            truth = read_semantic_mask(sample.semantic_mask_path, lut)
+            examples.append((image, draw_semantic(image, truth, skip=skip)))
+        return examples
+
     def evaluate(self, cfg: Config, model: UNetSegmenter, data: Dataset, out_dir: Path) -> Report:
         """metrics.json (mIoU, per-class IoU and Dice, pixel accuracy, confusion matrix),
         confusion_matrix.png and gallery.png (image | truth | prediction) in `out_dir`."""
@@ -191,7 +199,7 @@ class SegmentTask(Task):
         files = (
             write_json(result, out / "metrics.json", indent=2),
             plot_class_confusion(metrics.confusion, names, out / "confusion_matrix.png"),
-            _gallery(data, maps, skip, out / "gallery.png"),
+            _gallery(self.gallery_examples(data, GALLERY_IMAGES), maps, skip, out / "gallery.png"),
         )
         return Report(result, f"{format_segmentation(result)}\nmetrics, confusion matrix and gallery: {out}", files)
 

@@ -26,6 +26,7 @@ from detseg.data import (
 from detseg.data.masks import read_mask
 
 from .conftest import write_image
+from .helpers import keras_epochs
 
 
 @pytest.fixture(scope="module")
@@ -189,20 +190,13 @@ def test_bad_arguments_are_rejected(tiny):
         DetectionLoader(tiny, 64, 2)[3]
 
 
-def test_keras_worker_threads_give_the_same_epochs(shapes):
-    # the path model.fit takes: Keras's adapter, whose workers > 1 run __getitem__ on a thread pool
-    from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
-
-    def epochs(loader: DetectionLoader) -> list:
-        adapter, out = PyDatasetAdapter(loader, shuffle=False), []
-        for _ in range(2):
-            adapter.on_epoch_begin()
-            out.extend(adapter.get_numpy_iterator())
-            adapter.on_epoch_end()
-        return out
+@pytest.mark.parametrize("processes", [False, True], ids=["threads", "processes"])
+def test_keras_workers_give_the_same_epochs(shapes, processes):
+    def epochs(loader: DetectionLoader) -> list:  # the path model.fit takes
+        return [batch for epoch in keras_epochs(loader) for batch in epoch]
 
     augment = build_augment(AugmentConfig(rotate=10))
     options = {"augment": augment, "shuffle": True, "seed": 2, "mosaic_p": 0.5}
     sequential = epochs(DetectionLoader(shapes, 64, 4, **options))
-    threaded = epochs(DetectionLoader(shapes, 64, 4, workers=2, **options))
-    assert len(sequential) == 2 * 3 and _same(sequential, threaded)
+    parallel = epochs(DetectionLoader(shapes, 64, 4, workers=2, use_multiprocessing=processes, **options))
+    assert len(sequential) == 2 * 3 and _same(sequential, parallel)

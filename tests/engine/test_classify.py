@@ -30,6 +30,7 @@ from detseg.engine.evaluate import evaluate_model
 from detseg.engine.train import train, training_phases
 from detseg.errors import DetsegError
 from detseg.metrics import classification_metrics
+from tests.data.helpers import keras_epochs
 
 REPO = Path(__file__).resolve().parents[2]
 RED, BLUE = (255, 0, 0), (0, 0, 255)
@@ -155,6 +156,26 @@ def test_loader_order_is_a_seeded_permutation_per_epoch(tmp_path):
     first.on_epoch_end()
     epoch1 = np.concatenate([first.batch_indices(i) for i in range(len(first))])
     assert epoch1.tolist() != epoch0.tolist()
+
+
+@pytest.mark.parametrize("processes", [False, True], ids=["threads", "processes"])
+def test_augmented_epochs_are_the_same_on_keras_workers(tmp_path, processes):
+    """Each crop's augmentation is seeded by (seed, epoch, position): Keras's worker threads or
+    processes give the batches of a sequential pass, epoch after epoch."""
+    from detseg.config import AugmentConfig
+    from detseg.data import build_augment
+
+    crops = load_classification_split(load_config(None, imagefolder_config(tmp_path)).data, "train")
+    augment = build_augment(AugmentConfig(hflip=0.5, rotate=20, affine_p=1.0, color_p=1.0))
+
+    def epochs(workers: int) -> list:
+        loader = ClassificationLoader(crops, 32, 4, augment=augment, shuffle=True, seed=5, workers=workers, use_multiprocessing=processes)
+        return [[x for x, _ in epoch] for epoch in keras_epochs(loader)]
+
+    sequential, parallel = epochs(0), epochs(2)
+    assert not np.array_equal(sequential[0][0], sequential[1][0])  # each epoch is new
+    for one, other in zip(sequential, parallel, strict=True):
+        assert all(np.array_equal(a, b) for a, b in zip(one, other, strict=True))
 
 
 # === Data errors ===

@@ -12,7 +12,10 @@ import numpy as np
 import pytest
 
 from detseg.config import load_config
+from detseg.engine.precision import set_op_determinism
 from detseg.engine.train import TimeBudgetSchedule, train
+from detseg.tasks.base import GALLERY_ROWS, GALLERY_SIDE
+from detseg.viz import TITLE_HEIGHT
 
 
 def test_time_budget_rate_by_hand():
@@ -97,9 +100,10 @@ def tiny_run(tmp_path_factory):
             "model.input_size": 64,
             "model.backbone_width": 0.25,
             "model.yolo.width": 0.25,
-            "train.epochs": 1,
+            "train.epochs": 2,
             "train.batch_size": 8,
             "train.time_limit": None,
+            "train.gallery_every": 1,
         },
     )
     return cfg, train(cfg)
@@ -117,9 +121,9 @@ def test_run_folder_holds_the_promised_files(tiny_run):
     assert set(metrics["per_class"]) == {"circle", "square", "triangle"}
     with (run_dir / "history.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 1 and {"loss", "box_loss", "obj_loss", "cls_loss", "val_mAP", "val_mAP50"} <= set(rows[0])
-    assert all(math.isfinite(float(rows[0][k])) for k in ("loss", "val_mAP"))
-    assert float(rows[0]["lr"]) == pytest.approx(keras.ops.convert_to_numpy(keras.saving.load_model(run_dir / "last.keras").optimizer.learning_rate))
+    assert len(rows) == 2 and {"loss", "box_loss", "obj_loss", "cls_loss", "val_mAP", "val_mAP50"} <= set(rows[0])
+    assert all(math.isfinite(float(row[k])) for row in rows for k in ("loss", "val_mAP"))
+    assert float(rows[-1]["lr"]) == pytest.approx(keras.ops.convert_to_numpy(keras.saving.load_model(run_dir / "last.keras").optimizer.learning_rate))
 
 
 def test_evaluate_reproduces_the_training_report(tiny_run):
@@ -129,3 +133,78 @@ def test_evaluate_reproduces_the_training_report(tiny_run):
     saved = json.loads((run_dir / "metrics.json").read_text())
     again = evaluate_model(run_dir, print_fn=lambda text: None)
     assert again["stats"] == pytest.approx(saved["stats"], abs=1e-12)
+
+
+def _history(run_dir) -> list[dict[str, str]]:
+    with (run_dir / "history.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_seed_reproduces_the_losses_exactly(tiny_run):
+    """The same config and seed trained again in the same process (with TensorFlow's op
+    determinism this time, and without the gallery) logs the very same losses and scores; a
+    run drawing no gallery also shows that drawing one takes nothing from the random streams."""
+    cfg, run_dir = tiny_run
+    again = cfg.model_copy(update={"name": "again", "train": cfg.train.model_copy(update={"deterministic": True, "gallery_every": 0})})
+    try:
+        rows = _history(train(again))
+    finally:
+        set_op_determinism(False)
+    first = _history(run_dir)
+    columns = [key for key in first[0] if key.endswith("loss") or key.startswith("val_")]
+    assert len(columns) >= 6  # loss, box_loss, obj_loss, cls_loss, val_mAP, val_mAP50
+    assert [[row[k] for k in columns] for row in rows] == [[row[k] for k in columns] for row in first]
+
+
+@pytest.mark.slow
+def test_another_seed_logs_other_losses(tiny_run):
+    """The seed reaches the run: seed 1 (other weights, order and augmentation) logs another
+    first-epoch loss than the fixture's seed 0. Slow: a third training of the detector."""
+    cfg, run_dir = tiny_run
+    other = cfg.model_copy(update={"name": "seed1", "train": cfg.train.model_copy(update={"seed": 1, "gallery_every": 0})})
+    assert float(_history(train(other))[0]["loss"]) != float(_history(run_dir)[0]["loss"])
+
+
+def test_the_gallery_is_drawn_every_epoch_into_png_and_tensorboard(tiny_run):
+    import cv2
+    from tensorflow.compat.v1.train import summary_iterator
+
+    _, run_dir = tiny_run
+    # 4 validation images, each letterboxed to GALLERY_SIDE, 2 columns 4 px apart, under the titles
+    expected = (TITLE_HEIGHT + GALLERY_ROWS * (GALLERY_SIDE + 4), 2 * GALLERY_SIDE + 4, 3)
+    for epoch in (1, 2):
+        image = cv2.imread(str(run_dir / "plots" / f"gallery_epoch{epoch:03d}.png"))
+        assert image is not None and image.shape == expected, epoch
+    assert not list((run_dir / "plots").glob("gallery_epoch003*"))
+    images = [
+        (event.step, value)
+        for path in sorted((run_dir / "logs" / "gallery").glob("events.out.tfevents.*"))
+        for event in summary_iterator(str(path))
+        for value in event.summary.value
+    ]
+    assert [(step, value.tag, value.metadata.plugin_data.plugin_name) for step, value in images] == [
+        (0, "gallery", "images"),
+        (1, "gallery", "images"),
+    ]
+    width, height = (int(v) for v in images[0][1].tensor.string_val[:2])  # then the PNG bytes
+    assert (height, width) == expected[:2]
+
+
+@pytest.mark.parametrize(("tty", "level", "verbose"), [(True, "INFO", 1), (False, "INFO", 2), (True, "WARNING", 0)])
+def test_fit_shows_a_progress_bar_in_a_terminal_and_epoch_lines_in_a_file(monkeypatch, capsys, caplog, tty, level, verbose):
+    import sys
+
+    from detseg.engine.train import fit_verbosity
+
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: tty)
+    caplog.set_level(level, logger="detseg")
+    assert fit_verbosity() == verbose
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    model.fit(np.ones((8, 3)), np.ones((8, 1)), batch_size=2, epochs=2, verbose=fit_verbosity())
+    out = capsys.readouterr().out
+    # Keras's bar redraws itself with carriage returns; the file form is one line per epoch
+    assert ("\r" in out) == (verbose == 1)
+    assert (out == "") == (verbose == 0)
+    if verbose == 2:
+        assert out.count("4/4") == 2 and len(out.strip().splitlines()) == 4  # "Epoch k/2" and its line, twice

@@ -132,7 +132,7 @@ def tiny_config(root: Path) -> dict:
             "workers": 0,
         },
         "model": {"kind": "unet", "backbone": "unet", "backbone_width": 0.125, "input_size": 64, "unet": {"depth": 3}},
-        "train": {"epochs": 2, "batch_size": 6, "warmup_epochs": 0, "lr": 0.01},
+        "train": {"epochs": 2, "batch_size": 6, "warmup_epochs": 0, "lr": 0.01, "gallery_every": 1},
     }
 
 
@@ -161,6 +161,18 @@ def test_run_folder_and_report(seg_run):
     assert again["mIoU"] == pytest.approx(metrics["mIoU"], abs=1e-12)
     header = (run / "history.csv").read_text().splitlines()[0]
     assert "val_mIoU" in header and "dice_loss" in header
+
+
+def test_training_draws_a_gallery_of_validation_masks_every_epoch(seg_run):
+    from detseg.tasks.base import GALLERY_ROWS, GALLERY_SIDE
+    from detseg.viz import TITLE_HEIGHT
+
+    _, _, run = seg_run
+    # truth | prediction of 4 of the 6 validation images, each letterboxed to GALLERY_SIDE
+    expected = (TITLE_HEIGHT + GALLERY_ROWS * (GALLERY_SIDE + 4), 2 * GALLERY_SIDE + 4, 3)
+    shapes = [cv2.imread(str(run / "plots" / f"gallery_epoch{epoch:03d}.png")).shape for epoch in (1, 2)]
+    assert shapes == [expected, expected]
+    assert sorted(p.name for p in (run / "plots").glob("gallery_epoch*")) == ["gallery_epoch001.png", "gallery_epoch002.png"]
 
 
 def test_predict_on_video_writes_masks_and_one_line_per_frame(seg_run):
