@@ -32,19 +32,19 @@ class Placement:
     """Where a run trains: its devices and the scope each part of training runs in.
 
     `building()`: creating or loading the model and compiling it (the variables are placed on
-    every device). `fitting()`: `Model.fit`. `any_batch()`: inference on batches whose size need
-    not divide by the devices (validation inside `fit`), on one device. JAX shards every batch
-    of the distribution in force, so it is in force to build and fit, and left for inference
-    (the replicated variables serve a plain jitted call). A TensorFlow model keeps the strategy
-    it was built under for `fit`; outside the scope, the validation models of a task (built on
-    the trained one) are not distributed (Keras 3.15's `predict_on_batch` under a strategy
-    returns every replica's copy of the whole batch).
+    every device). `fitting()`: `Model.fit`. `any_batch(model)`: inference with `model` on
+    batches whose size need not divide by the devices (validation inside `fit`), on one device.
+    JAX shards every batch of the distribution in force, so it is in force to build and fit and
+    left for inference (the replicated variables serve a plain jitted call). A TensorFlow model
+    keeps the strategy it was built under; for inference it is detached from it, because Keras
+    3.15's `predict_on_batch` under a strategy runs the whole batch on every replica and returns
+    every copy (`Model.predict`, which splits the batch, is right).
     """
 
     devices: tuple[str, ...]
     building: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
     fitting: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
-    any_batch: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
+    any_batch: Callable[[keras.Model], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
 
     @property
     def replicas(self) -> int:
@@ -52,7 +52,7 @@ class Placement:
 
 
 @contextlib.contextmanager
-def _without_distribution() -> Iterator[None]:
+def _without_distribution(model: keras.Model) -> Iterator[None]:
     """No Keras distribution inside (JAX); the one in force is restored on exit."""
     current = keras.distribution.distribution()
     keras.distribution.set_distribution(None)
@@ -60,6 +60,19 @@ def _without_distribution() -> Iterator[None]:
         yield
     finally:
         keras.distribution.set_distribution(current)
+
+
+@contextlib.contextmanager
+def _without_strategy(model: keras.Model) -> Iterator[None]:
+    """`model` predicts outside its TensorFlow strategy inside (its predict function is rebuilt
+    on entry and exit); a workaround through Keras's private `_distribute_strategy`, which
+    `Model.distribute_strategy` falls back from to the current (default) strategy."""
+    strategy = model._distribute_strategy
+    model._distribute_strategy, model.predict_function = None, None
+    try:
+        yield
+    finally:
+        model._distribute_strategy, model.predict_function = strategy, None
 
 
 def local_devices() -> list[str]:
@@ -100,7 +113,8 @@ def placement(distribution: str, batch_size: int) -> Placement:
         return Placement(tuple(devices), parallel.scope, parallel.scope, _without_distribution)
     import tensorflow as tf
 
-    return Placement(tuple(devices), tf.distribute.MirroredStrategy(devices).scope)
+    strategy = tf.distribute.MirroredStrategy(devices)
+    return Placement(tuple(devices), strategy.scope, any_batch=_without_strategy)
 
 
 def _replica_context() -> Any:

@@ -21,7 +21,7 @@ from tests.conftest import REPO_ROOT
 def test_none_trains_on_one_device_and_outside_a_strategy_counts_are_local():
     place = placement("none", 7)
     assert place.replicas == 1
-    with place.building(), place.fitting(), place.any_batch():
+    with place.building(), place.fitting(), place.any_batch(keras.Model()):
         assert keras.distribution.distribution() is None
     assert replicas_in_sync() == 1
     assert float(cross_replica_sum(keras.ops.convert_to_tensor(3.0))) == 3.0

@@ -249,7 +249,7 @@ def _callbacks(
     run_dir = cfg.run_dir
 
     def validate(model: keras.Model) -> dict[str, float]:
-        with place.any_batch():  # validation batches need not divide by the devices
+        with place.any_batch(model):  # validation batches need not divide by the devices
             return task.validate(cfg, model, val_data)
 
     callbacks: list[keras.callbacks.Callback] = [
