@@ -56,6 +56,7 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras
 from detseg.heads import YoloDetector
+from detseg.heads.classifier import OUTPUT_LAYER, ImageClassifier
 from detseg.heads.unet import segmentation_loss_terms
 from tests.heads.yolo_helpers import ANCHORS_64, tiny_backbone
 
@@ -101,6 +102,21 @@ whole_logged = float(model.box_loss_tracker.result())
 model.box_loss_tracker.reset_state()
 strategy.run(tf.function(yolo_step), args=(split(images), split(targets)))
 out["yolo_logged"] = [whole_logged, float(model.box_loss_tracker.result())]
+
+# A classifier's weighted mean: weights 1 + 3 in the first half, 0.5 + 0 in the second.
+with strategy.scope():
+    inputs = keras.Input((5,))
+    classifier = ImageClassifier(inputs, keras.layers.Dense(3, activation="softmax", name=OUTPUT_LAYER)(inputs))
+
+def classifier_step(x, y, w):
+    with tf.GradientTape() as tape:
+        loss = classifier.compute_loss(y=y, y_pred=classifier(x), sample_weight=w)
+    return loss, tape.gradient(loss, classifier.trainable_weights)
+
+out["classifier"] = whole_and_split(
+    classifier_step, tf.constant(rng.normal(size=(4, 5)), tf.float32), tf.constant([0, 2, 1, 1]),
+    tf.constant([1.0, 3.0, 0.5, 0.0]),
+)
 
 logits = tf.constant(rng.normal(size=(4, 2, 2, 3)), tf.float32)
 # U-Net: 2 + 4 labelled pixels (255: unlabelled) in the first half, 1 + 3 in the second.
@@ -164,3 +180,11 @@ def test_unet_terms_of_a_split_batch_are_the_whole_batch_terms(split_losses):
         whole, summed, whole_grad, split_grad = split_losses[term]
         assert summed == pytest.approx(whole, rel=1e-5), term
         assert split_grad == pytest.approx(whole_grad, rel=1e-4, abs=1e-7), term
+
+
+def test_classifier_weighted_mean_of_a_split_batch_is_the_whole_batch_mean(split_losses):
+    # Image weights 1 + 3 | 0.5 + 0 and per-image losses l0..l3: the batch's weighted mean is
+    # (l0 + 3 l1 + 0.5 l2) / 4.5; per replica, (l0 + 3 l1) / 4 + 0.5 l2 / 0.5 would differ.
+    whole, summed, whole_grad, summed_grad = split_losses["classifier"]
+    assert summed == pytest.approx(whole, rel=1e-5)
+    assert summed_grad == pytest.approx(whole_grad, rel=1e-4, abs=1e-6)
