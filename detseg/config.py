@@ -524,7 +524,17 @@ class TrainConfig(_Section):
     """How to train: schedule, optimiser, augmentation and run bookkeeping."""
 
     epochs: int = Field(30, ge=1, description="Training epochs.")
-    batch_size: int = Field(16, ge=1, description="Images per batch.")
+    batch_size: int = Field(
+        16, ge=1, description="Images per batch (the global batch: under data_parallel, split evenly over the devices)."
+    )
+    distribution: Literal["none", "data_parallel"] = Field(
+        "none",
+        description=(
+            "none: one device. data_parallel: replicate the model on every local device and split each "
+            "batch over them (JAX: keras.distribution.DataParallel; TensorFlow: tf.distribute."
+            "MirroredStrategy); batch_size must divide by the device count. Multi-host: see README."
+        ),
+    )
     optimizer: Literal["adam", "adamw", "nadam", "sgd"] = Field(
         "adamw", description="Optimiser (sgd: with train.momentum, Nesterov)."
     )

@@ -132,7 +132,18 @@ class SeededBatches(keras.utils.PyDataset):
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
         self.seed = int(seed) % (1 << 32)  # numpy seeds are non-negative
+        self.used_items = self.num_items
         self.set_epoch(0)
+
+    def drop_remainder(self, multiple: int) -> None:
+        """Make every batch a multiple of `multiple` items (e.g. the data-parallel devices, which
+        then get equal shares): the epoch's last batch loses its remainder, or goes when smaller.
+        The items left out change every epoch with a shuffled order."""
+        if multiple < 1 or self.batch_size % multiple:
+            raise ValueError(f"batch_size {self.batch_size} does not divide by {multiple}")
+        if self.num_items < multiple:
+            raise DetsegError(f"{self.num_items} training items cannot be split over {multiple} devices")
+        self.used_items = self.num_items - self.num_items % multiple
 
     def set_epoch(self, epoch: int) -> None:
         """Jump to `epoch` (its order and augmentation), e.g. when resuming training."""
@@ -144,13 +155,13 @@ class SeededBatches(keras.utils.PyDataset):
         self.set_epoch(self.epoch + 1)
 
     def __len__(self) -> int:
-        return -(-self.num_items // self.batch_size)
+        return -(-self.used_items // self.batch_size)
 
     def _positions(self, index: int) -> range:
         """Positions (in this epoch's order) of the items of batch `index`."""
         if not 0 <= index < len(self):
             raise IndexError(f"batch {index} out of range (0..{len(self) - 1})")
-        return range(index * self.batch_size, min((index + 1) * self.batch_size, self.num_items))
+        return range(index * self.batch_size, min((index + 1) * self.batch_size, self.used_items))
 
 
 class DetectionLoader(SeededBatches):

@@ -7,7 +7,10 @@ metric and the learning rate per epoch), with `train.gallery_every` a gallery of
 predictions every N epochs (`plots/gallery_epoch<NNN>.png`, drawn by the task, and TensorBoard
 images), TensorBoard logs and the task's evaluation report of the best model.
 Setup, resume, checkpoints, the training phases (freeze-then-fine-tune), the time limit
-and TensorBoard exist here once.
+and TensorBoard exist here once, and so does data-parallel training (`train.distribution`,
+`detseg.distribute`): the model is built, compiled and fitted on the local devices, every
+training batch splits evenly over them, validation runs on batches of any size, and the best
+model is evaluated on one device.
 
 Crash safety: every run-folder file is written under a temporary name and renamed
 (`detseg.atomic`), last.keras before the epoch's history.csv row, so a run killed at any moment
@@ -32,6 +35,7 @@ import numpy as np
 
 from detseg.config import Config, TrainConfig, dump_config
 from detseg.data import write_image
+from detseg.distribute import Placement, placement
 from detseg.engine.precision import set_op_determinism, set_precision
 from detseg.engine.runs import (
     best_logged,
@@ -42,6 +46,7 @@ from detseg.engine.runs import (
     save_model,
     write_history,
 )
+from detseg.engine.tensorboard import tensorboard_images
 from detseg.errors import DetsegError
 from detseg.metrics import EvaluateCallback, plot_training_curves
 from detseg.tasks import Task, task_for
@@ -259,13 +264,20 @@ def _resume_or_build(cfg: Config, task: Task, num_classes: int, unsafe: bool) ->
     return load_model(last, task, unsafe=unsafe), initial_epoch
 
 
-def _callbacks(cfg: Config, task: Task, val_data: Any, budget: TimeBudgetSchedule | None) -> list[keras.callbacks.Callback]:
+def _callbacks(
+    cfg: Config, task: Task, val_data: Any, budget: TimeBudgetSchedule | None, place: Placement
+) -> list[keras.callbacks.Callback]:
     """Evaluation, then the checkpoints that read its numbers; `best.keras` is replaced only by
     a better score than any logged so far, also on the first epoch after a resume."""
     run_dir = cfg.run_dir
+
+    def validate(model: keras.Model) -> dict[str, float]:
+        with place.any_batch(model):  # validation batches need not divide by the devices
+            return task.validate(cfg, model, val_data)
+
     callbacks: list[keras.callbacks.Callback] = [
         LearningRateLog(),
-        EvaluateCallback(lambda model: task.validate(cfg, model, val_data), every=cfg.train.eval_every),
+        EvaluateCallback(validate, every=cfg.train.eval_every),
         Checkpoint(
             run_dir / "best.keras",
             monitor=task.monitor,
@@ -277,26 +289,12 @@ def _callbacks(cfg: Config, task: Task, val_data: Any, budget: TimeBudgetSchedul
     if tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(run_dir / "logs"))
     if cfg.train.gallery_every:
-        images = _tensorboard_images(run_dir / "logs" / "gallery") if tensorboard else None
+        images = tensorboard_images(run_dir / "logs" / "gallery") if tensorboard else None
         draw = functools.partial(task.gallery, cfg, data=val_data)
         callbacks.append(GalleryLog(draw, cfg.train.gallery_every, cfg.train.epochs, run_dir, images))
     if budget is not None:  # it sets the learning rate before any batch and logs the minutes
         callbacks.insert(0, budget)
     return callbacks
-
-
-def _tensorboard_images(logdir: Path) -> Callable[[np.ndarray, int], None]:
-    """A writer of RGB uint8 images as TensorBoard image summaries ("gallery") in `logdir`."""
-    import tensorflow as tf
-
-    writer = tf.summary.create_file_writer(str(logdir))
-
-    def write(image: np.ndarray, step: int) -> None:
-        with writer.as_default():
-            tf.summary.image("gallery", image[None], step=step)
-        writer.flush()
-
-    return write
 
 
 def _time_budget(cfg: Config) -> TimeBudgetSchedule | None:
@@ -317,9 +315,17 @@ def fit_verbosity() -> int:
 
 
 def _fit_phases(
-    cfg: Config, task: Task, model: keras.Model, loader: Any, initial_epoch: int, callbacks: list, budget
+    cfg: Config,
+    task: Task,
+    model: keras.Model,
+    loader: Any,
+    initial_epoch: int,
+    callbacks: list,
+    budget: TimeBudgetSchedule | None,
+    place: Placement,
 ) -> None:
-    """Fit each training phase from `initial_epoch` on, until the epochs or the time run out."""
+    """Fit each training phase from `initial_epoch` on, until the epochs or the time run out,
+    compiling and fitting on the devices of `place`."""
     for start, end, frozen, phase_cfg in training_phases(cfg.train):
         if end <= initial_epoch:
             continue
@@ -332,22 +338,24 @@ def _fit_phases(
                 task.backbone(model).trainable = not frozen
             # Under a time limit the learning rate is set from the clock (TimeBudgetSchedule).
             timed = phase_cfg.model_copy(update={"schedule": "constant", "warmup_epochs": 0})
-            task.compile(model, make_optimizer(timed if budget else phase_cfg, len(loader)))
+            with place.building():
+                task.compile(model, make_optimizer(timed if budget else phase_cfg, len(loader)))
         if budget is not None:
             budget.peak = phase_cfg.lr
         if cfg.train.freeze_backbone_epochs:
             state = "frozen" if frozen else "trainable"
             log.info("epochs %d-%d: backbone %s, lr %g", first + 1, end, state, phase_cfg.lr)
         loader.set_epoch(first)
-        history = model.fit(
-            loader,
-            epochs=end,
-            initial_epoch=first,
-            shuffle=False,  # the loader shuffles itself, seeded per epoch
-            # last: it logs what the callbacks before it added, once last.keras is saved
-            callbacks=[*callbacks, HistoryLog(cfg.run_dir, append=first > 0)],
-            verbose=fit_verbosity(),
-        )
+        with place.fitting():
+            history = model.fit(
+                loader,
+                epochs=end,
+                initial_epoch=first,
+                shuffle=False,  # the loader shuffles itself, seeded per epoch
+                # last: it logs what the callbacks before it added, once last.keras is saved
+                callbacks=[*callbacks, HistoryLog(cfg.run_dir, append=first > 0)],
+                verbose=fit_verbosity(),
+            )
         if len(history.epoch) < end - first:  # stopped by the time limit
             return
 
@@ -366,6 +374,7 @@ def train(cfg: Config, *, callbacks: Sequence[keras.callbacks.Callback] = (), un
     keras.utils.set_random_seed(cfg.train.seed)
     set_op_determinism(cfg.train.deterministic)
     set_precision(cfg.train.mixed_precision)
+    place = placement(cfg.train.distribution, cfg.train.batch_size)  # set before the model is built
     train_data = task.load_data(cfg, "train")
     log.info(task.describe_data(train_data, "train"))
     # The saved config is explicit (class names, fitted anchors, ...): a model file and its
@@ -376,12 +385,15 @@ def train(cfg: Config, *, callbacks: Sequence[keras.callbacks.Callback] = (), un
     log.info(task.describe_data(val_data, "val"))
     dump_config(cfg, run_dir / "config.yaml")
 
-    model, initial_epoch = _resume_or_build(cfg, task, len(cfg.data.names), unsafe)
+    with place.building():
+        model, initial_epoch = _resume_or_build(cfg, task, len(cfg.data.names), unsafe)
     loader = task.train_loader(cfg, model, train_data)
+    if place.replicas > 1:
+        loader.drop_remainder(place.replicas)
     budget = _time_budget(cfg)
-    fit_callbacks = [*_callbacks(cfg, task, val_data, budget), *callbacks]
+    fit_callbacks = [*_callbacks(cfg, task, val_data, budget, place), *callbacks]
     try:
-        _fit_phases(cfg, task, model, loader, initial_epoch, fit_callbacks, budget)
+        _fit_phases(cfg, task, model, loader, initial_epoch, fit_callbacks, budget, place)
     except KeyboardInterrupt:
         save_model(model, run_dir / "last.keras")
         log.warning(

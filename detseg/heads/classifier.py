@@ -16,6 +16,7 @@ import keras
 from keras import ops
 
 from detseg.backbones import get_backbone
+from detseg.distribute import cross_replica_sum, replicas_in_sync
 from detseg.errors import DetsegError
 from detseg.layers import RBFOutput, RGBToGrayscale, scale_channels
 
@@ -56,17 +57,20 @@ class ImageClassifier(keras.Model):
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         labels = ops.reshape(ops.cast(y, "int32"), (-1,))
         outputs = y_pred if isinstance(y_pred, dict) else {OUTPUT_LAYER: y_pred}
+        if sample_weight is None:
+            weight = ops.ones(ops.shape(labels), "float32")
+        else:
+            weight = ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
+        # The weighted mean over the whole batch, also when a TF strategy splits it over replicas
+        # (detseg.distribute): each replica's sum over the batch's total weight.
+        total_weight = ops.maximum(cross_replica_sum(ops.sum(weight)), 1e-9)
         total = 0.0
         for name, probs in outputs.items():
             losses = keras.losses.sparse_categorical_crossentropy(labels, ops.cast(probs, "float32"))
-            if sample_weight is not None:
-                weight = ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
-                loss = ops.sum(losses * weight) / ops.maximum(ops.sum(weight), 1e-9)
-            else:
-                loss = ops.mean(losses)
+            loss = ops.sum(losses * weight) / total_weight
             total = total + (1.0 if name == OUTPUT_LAYER else self.aux_loss_weight) * loss
         if self.losses:
-            total = total + ops.sum(self.losses)
+            total = total + ops.sum(self.losses) / replicas_in_sync()
         return total
 
 

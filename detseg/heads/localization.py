@@ -20,6 +20,7 @@ from keras import ops
 
 from detseg.backbones import feature_info, get_backbone
 from detseg.boxes import convert_boxes, giou_ops, iou_ops
+from detseg.distribute import cross_replica_sum, replicas_in_sync
 from detseg.errors import DetsegError
 from detseg.heads.decoded import DecodedPredictions
 
@@ -162,14 +163,15 @@ class Localizer(DecodedPredictions, keras.Model):
         """
         class_loss, box_loss = self.loss_terms(y, y_pred)
         weight = _image_weight(sample_weight)
-        batch = ops.cast(ops.shape(class_loss)[0], "float32")
+        images = ops.cast(ops.shape(class_loss)[0], "float32")
+        batch = cross_replica_sum(images)  # the whole batch's images: see YoloDetector.compute_loss
         class_loss = self.class_weight * ops.sum(class_loss * weight) / batch
         box_loss = self.box_weight * ops.sum(box_loss * weight) / batch
-        self.class_loss_tracker.update_state(class_loss)
-        self.box_loss_tracker.update_state(box_loss)
+        self.class_loss_tracker.update_state(class_loss * batch / images, sample_weight=images)
+        self.box_loss_tracker.update_state(box_loss * batch / images, sample_weight=images)
         total = class_loss + box_loss
         if self.losses:
-            total = total + ops.sum(self.losses)
+            total = total + ops.sum(self.losses) / replicas_in_sync()
         return total
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):

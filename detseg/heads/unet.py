@@ -27,6 +27,7 @@ import keras
 from keras import ops
 
 from detseg.backbones.pyramid import feature_info, image_input, make_backbone
+from detseg.distribute import cross_replica_sum, replicas_in_sync
 from detseg.errors import DetsegError
 from detseg.heads.decoded import DecodedPredictions
 from detseg.layers.conv import conv_bn_act, scale_channels
@@ -117,6 +118,10 @@ def segmentation_loss_terms(
     (sum(p_c) + sum(t_c) + smooth)` with p the softmax and t the one-hot labels, both zero on
     ignored pixels; the loss is 1 minus its mean over the present classes. A batch with no
     labelled pixel gives 0 for both terms, and zero (finite) gradients.
+
+    Split over the replicas of a TF strategy (`detseg.distribute`), both are this replica's
+    share: the pixel weights and the Dice sums are summed over the replicas, so the shares add
+    up to the terms of the whole batch (and so do the gradients Keras sums).
     """
     logits = ops.cast(logits, "float32")
     if logits.shape[-1] == 1:
@@ -137,18 +142,17 @@ def segmentation_loss_terms(
         per_class = ops.convert_to_tensor(class_weights, dtype="float32")
         ce_weight = weight * ops.sum(onehot * per_class, axis=-1)
     pixel_ce = -ops.sum(onehot * ops.log_softmax(logits, axis=-1), axis=-1)
-    ce = _safe_divide(ops.sum(ce_weight * pixel_ce), ops.sum(ce_weight))
+    ce = _safe_divide(ops.sum(ce_weight * pixel_ce), cross_replica_sum(ops.sum(ce_weight)))
 
     probs = ops.softmax(logits, axis=-1) * weight[..., None]
     target = onehot * weight[..., None]
-    intersection = ops.sum(probs * target, axis=(0, 1, 2))
-    target_area = ops.sum(target, axis=(0, 1, 2))
-    dice = _safe_divide(
-        2.0 * intersection + smooth, ops.sum(probs, axis=(0, 1, 2)) + target_area + smooth
+    intersection, probs_area, target_area = cross_replica_sum(
+        [ops.sum(v, axis=(0, 1, 2)) for v in (probs * target, probs, target)]
     )
+    dice = _safe_divide(2.0 * intersection + smooth, probs_area + target_area + smooth)
     present = ops.cast(target_area > 0, "float32")
     dice_loss = _safe_divide(ops.sum(present * (1.0 - dice)), ops.sum(present))
-    return ce, dice_loss
+    return ce, dice_loss / replicas_in_sync()
 
 
 def _safe_divide(numerator, denominator):
@@ -335,11 +339,12 @@ class UNetSegmenter(DecodedPredictions, keras.Model):
             smooth=self.dice_smooth,
             sample_weight=sample_weight,
         )
-        self.ce_loss_tracker.update_state(ce)
-        self.dice_loss_tracker.update_state(dice)
+        replicas = replicas_in_sync()  # the terms are this replica's shares: log the batch's
+        self.ce_loss_tracker.update_state(ce * replicas)
+        self.dice_loss_tracker.update_state(dice * replicas)
         total = {"ce": ce, "dice": dice, "ce+dice": ce + dice}[self.loss_name]
         if self.losses:
-            total = total + ops.sum(self.losses)
+            total = total + ops.sum(self.losses) / replicas
         return total
 
     # === Inference ===

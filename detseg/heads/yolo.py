@@ -21,6 +21,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from detseg.distribute import cross_replica_sum, replicas_in_sync
 from detseg.errors import DetsegError
 from detseg.heads.decoded import DecodedPredictions
 from detseg.heads.yolo_decode import DEFAULT_SCALE_XY, decode_candidates, nms_padded
@@ -232,16 +233,20 @@ class YoloDetector(DecodedPredictions, keras.Model):
         image_weight = (
             1.0 if sample_weight is None else ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
         )
-        batch = ops.cast(ops.shape(box)[0], "float32")
+        images = ops.cast(ops.shape(box)[0], "float32")
+        # Over the images of the whole batch: split over the replicas of a TF strategy, whose
+        # gradients Keras sums, the replicas' losses then add up to the whole batch's loss.
+        batch = cross_replica_sum(images)
         box_loss = self.box_weight * ops.sum(box * image_weight) / batch
         obj_loss = self.obj_weight * ops.sum(obj * image_weight) / batch
         cls_loss = self.cls_weight * ops.sum(cls * image_weight) / batch
-        self.box_loss_tracker.update_state(box_loss)
-        self.obj_loss_tracker.update_state(obj_loss)
-        self.cls_loss_tracker.update_state(cls_loss)
+        # Logged as Keras logs `loss`: this replica's mean per image, weighted by its images.
+        self.box_loss_tracker.update_state(box_loss * batch / images, sample_weight=images)
+        self.obj_loss_tracker.update_state(obj_loss * batch / images, sample_weight=images)
+        self.cls_loss_tracker.update_state(cls_loss * batch / images, sample_weight=images)
         total = box_loss + obj_loss + cls_loss
-        if self.losses:
-            total = total + ops.sum(self.losses)
+        if self.losses:  # each replica adds its share of the regularisation
+            total = total + ops.sum(self.losses) / replicas_in_sync()
         return total
 
     def make_target_encoder(self) -> YoloTargetEncoder:

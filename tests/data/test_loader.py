@@ -24,6 +24,7 @@ from detseg.data import (
     unletterbox_boxes,
 )
 from detseg.data.masks import read_mask
+from detseg.errors import DetsegError
 
 from .conftest import write_image
 from .helpers import keras_epochs
@@ -135,6 +136,21 @@ def test_a_seed_gives_identical_epochs_and_each_epoch_a_new_order(shapes):
     assert sorted(s.image_id for i in range(len(first)) for s in first.batch_samples(i)) == sorted(
         s.image_id for s in shapes.samples
     )
+
+
+@pytest.mark.jax
+def test_drop_remainder_gives_batches_that_split_evenly(tiny):
+    loader = DetectionLoader(tiny, 32, 4, shuffle=True, seed=1)
+    assert [len(loader.batch_samples(i)) for i in range(len(loader))] == [4, 1]
+    loader.drop_remainder(2)  # 5 images on 2 devices: 4 usable, one batch of 4 (2 per device)
+    assert len(loader) == 1 and len(loader.batch_samples(0)) == 4
+    loader = DetectionLoader(tiny, 32, 2, shuffle=True, seed=1)
+    loader.drop_remainder(2)  # batches of 2: 2, 2 and the fifth image left out
+    assert [len(loader.batch_samples(i)) for i in range(len(loader))] == [2, 2]
+    with pytest.raises(ValueError, match="does not divide"):
+        loader.drop_remainder(3)
+    with pytest.raises(DetsegError, match="5 training items cannot be split over 6 devices"):
+        DetectionLoader(tiny, 32, 6).drop_remainder(6)
 
 
 def test_parallel_batches_equal_sequential_ones(shapes):
