@@ -26,12 +26,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from detseg.config import Config
 from detseg.data.files import write_json
 from detseg.data.images import PAD_VALUE
 from detseg.engine.runs import load_model, load_run, metadata_path
 from detseg.errors import DetsegError
+from detseg.tasks import Task
 
-__all__ = ["EXPORT_FORMATS", "SavedModelRunner", "TFLiteRunner", "export"]
+__all__ = ["EXPORT_FORMATS", "SavedModelRunner", "TFLiteRunner", "export", "export_model"]
 
 EXPORT_FORMATS = ("savedmodel", "tflite", "onnx")
 ONNX_OPSET = 17  # NonMaxSuppression needs >= 11; tf2onnx converts combined NMS from 12
@@ -121,6 +123,12 @@ def export(
         _check_onnx_packages()
     target = _output_path(model_path, fmt, out)
     trained = load_model(model_path, task, unsafe=unsafe, names=cfg.data.names)
+    return export_model(trained, cfg, task, fmt, target, source=model_path)
+
+
+def export_model(trained: keras.Model, cfg: Config, task: Task, fmt: str, target: Path, *, source: Path) -> Path:
+    """Write the artefact of a loaded model (its task's serving graph) to `target`, with its
+    `<artefact>.json` metadata; `source` is the model file it came from."""
     serving, task_metadata = task.serving_model(cfg, trained, fmt)
     size, channels = cfg.model.input_size, int(trained.input_shape[-1])
     serving(np.zeros((1, size, size, channels), np.uint8))  # build it (Keras exports need a called model)
@@ -146,7 +154,7 @@ def export(
         },
         "input_size": size,
         **task_metadata,
-        "model": model_path.name,
+        "model": source.name,
     }
     write_json(metadata, metadata_path(target), indent=2)
     return target
