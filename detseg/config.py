@@ -215,6 +215,7 @@ class YoloConfig(_Section):
 _CROPS = ("data.crops", "data.crop_padding")
 _MOSAIC = ("train.augment.mosaic_p",)
 _BOX_VISIBILITY = ("train.augment.min_visibility", "train.augment.min_area")
+_PREDICT_RUNTIME = ("predict.runtime",)  # only the detector's predictions run on onnxruntime so far
 _DETECTION_POSTPROCESS = (
     "eval.score_thr",
     "eval.iou_thr",
@@ -293,7 +294,9 @@ class ClassifierModelConfig(_ModelSection):
     input_multiple: ClassVar[int] = 1
     # Crops are classified whole: no boxes to keep visible, no mosaic; evaluation and
     # prediction report top-k classes, with no score threshold or NMS.
-    unused: ClassVar[tuple[str, ...]] = (*_MOSAIC, *_BOX_VISIBILITY, *_DETECTION_POSTPROCESS, *_SEGMENTATION_PREDICT)
+    unused: ClassVar[tuple[str, ...]] = (
+        *_MOSAIC, *_BOX_VISIBILITY, *_DETECTION_POSTPROCESS, *_SEGMENTATION_PREDICT, *_PREDICT_RUNTIME
+    )
 
 
 class UNetConfig(_Section):
@@ -349,7 +352,7 @@ class SegmenterModelConfig(_ModelSection):
         return self
 
     # A segmenter scores pixels: no boxes to keep visible, no detection thresholds or NMS.
-    unused: ClassVar[tuple[str, ...]] = (*_CROPS, *_BOX_VISIBILITY, *_DETECTION_POSTPROCESS)
+    unused: ClassVar[tuple[str, ...]] = (*_CROPS, *_BOX_VISIBILITY, *_DETECTION_POSTPROCESS, *_PREDICT_RUNTIME)
 
 
 
@@ -384,7 +387,9 @@ class LocalizerModelConfig(_ModelSection):
     # One box per image, always kept (an augmentation that loses it is not applied): no
     # mosaic, no crops; evaluation and prediction report the one class and box, with no
     # score threshold or NMS.
-    unused: ClassVar[tuple[str, ...]] = (*_CROPS, *_MOSAIC, *_DETECTION_POSTPROCESS, *_SEGMENTATION_PREDICT)
+    unused: ClassVar[tuple[str, ...]] = (
+        *_CROPS, *_MOSAIC, *_DETECTION_POSTPROCESS, *_SEGMENTATION_PREDICT, *_PREDICT_RUNTIME
+    )
 
 
 class FCNModelConfig(ClassifierModelConfig):
@@ -445,6 +450,7 @@ class FCNModelConfig(ClassifierModelConfig):
         *_MOSAIC,
         *_BOX_VISIBILITY,
         "predict.agnostic_nms",
+        *_PREDICT_RUNTIME,
         *_SEGMENTATION_PREDICT,
     )
 
@@ -624,6 +630,16 @@ class PredictConfig(_Section):
     iou_thr: float = Field(0.45, gt=0, le=1, description="NMS IoU threshold.")
     max_det: int = Field(100, ge=1, description="Detections kept per image.")
     agnostic_nms: bool = Field(False, description="One NMS over all classes instead of one per class.")
+    runtime: Literal["auto", "keras", "onnxruntime"] = Field(
+        "auto",
+        description=(
+            "Detectors: what runs a .keras model in `detseg predict`. 'onnxruntime' exports it once "
+            "to ONNX (decode + NMS inside, these predict thresholds baked in), cached in .cache/ "
+            "beside the model, and runs that (faster on a CPU: benchmarks/BENCHMARKS.md); 'auto' "
+            "uses it when onnxruntime and tf2onnx are installed and the backend is TensorFlow (the "
+            "exporter needs it), else Keras."
+        ),
+    )
     tile: bool = Field(
         False,
         description=(

@@ -19,6 +19,7 @@ import contextlib
 import importlib.util
 import logging
 import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -26,12 +27,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from detseg.config import Config
 from detseg.data.files import write_json
 from detseg.data.images import PAD_VALUE
+from detseg.data.splits import load_split
+from detseg.engine.quantize import QUANTIZED_OPS, calibration_images, quantize_onnx
 from detseg.engine.runs import load_model, load_run, metadata_path
 from detseg.errors import DetsegError
+from detseg.tasks import Task
 
-__all__ = ["EXPORT_FORMATS", "SavedModelRunner", "TFLiteRunner", "export"]
+__all__ = ["EXPORT_FORMATS", "SavedModelRunner", "TFLiteRunner", "export", "export_model"]
 
 EXPORT_FORMATS = ("savedmodel", "tflite", "onnx")
 ONNX_OPSET = 17  # NonMaxSuppression needs >= 11; tf2onnx converts combined NMS from 12
@@ -42,9 +47,9 @@ _ONNX_PACKAGES = ("onnx", "onnxruntime", "tf2onnx")
 # === Export ===
 
 
-def _output_path(model_path: Path, fmt: str, out: str | Path | None) -> Path:
+def _output_path(model_path: Path, fmt: str, out: str | Path | None, int8: bool = False) -> Path:
     if out is None:
-        return model_path.with_name(model_path.stem + _SUFFIXES[fmt])
+        return model_path.with_name(model_path.stem + ("_int8" if int8 else "") + _SUFFIXES[fmt])
     out = Path(out)
     if fmt != "savedmodel" and out.suffix != _SUFFIXES[fmt]:
         raise DetsegError(
@@ -99,14 +104,16 @@ def export(
     *,
     config: str | Path | None = None,
     unsafe: bool = False,
+    int8: bool = False,
 ) -> Path:
     """Export a trained model (a `.keras` file or a run folder) with its post-processing inside.
 
     `fmt` is "savedmodel" (a folder), "tflite" or "onnx"; `out` defaults to the model's path
-    with `_saved_model`, `.tflite` or `.onnx`. Class names and the task's settings come from
-    `config` (default: config.yaml beside the model). Writes the artefact and its
-    `<artefact>.json` metadata; returns the artefact's path. `unsafe` loads a model holding
-    Python code (`runs.load_model`).
+    with `_saved_model`, `.tflite` or `.onnx` (`_int8.onnx` with `int8`). Class names and the
+    task's settings come from `config` (default: config.yaml beside the model). Writes the
+    artefact and its `<artefact>.json` metadata; returns the artefact's path. `unsafe` loads a
+    model holding Python code (`runs.load_model`). `int8` (ONNX only) quantizes the
+    convolutions to int8, calibrated on the config's training images (`detseg.engine.quantize`).
     """
     if fmt not in EXPORT_FORMATS:
         raise DetsegError(
@@ -116,11 +123,32 @@ def export(
         raise DetsegError(
             f"exports need the TensorFlow backend (KERAS_BACKEND=tensorflow), not {keras.backend.backend()}"
         )
+    if int8 and fmt != "onnx":
+        raise DetsegError(f"int8 quantization is for ONNX exports (--format onnx), not {fmt}")
     model_path, cfg, task = load_run(model, config)
     if fmt == "onnx":
         _check_onnx_packages()
-    target = _output_path(model_path, fmt, out)
+    target = _output_path(model_path, fmt, out, int8)
     trained = load_model(model_path, task, unsafe=unsafe, names=cfg.data.names)
+    calibration = None
+    if int8:
+        calibration = calibration_images(load_split(cfg.data, "train"), cfg.model.input_size)
+    return export_model(trained, cfg, task, fmt, target, source=model_path, calibration=calibration)
+
+
+def export_model(
+    trained: keras.Model,
+    cfg: Config,
+    task: Task,
+    fmt: str,
+    target: Path,
+    *,
+    source: Path,
+    calibration: np.ndarray | None = None,
+) -> Path:
+    """Write the artefact of a loaded model (its task's serving graph) to `target`, with its
+    `<artefact>.json` metadata; `source` is the model file it came from. With `calibration`
+    images (uint8 [N, S, S, C]), an ONNX graph's convolutions are quantized to int8."""
     serving, task_metadata = task.serving_model(cfg, trained, fmt)
     size, channels = cfg.model.input_size, int(trained.input_shape[-1])
     serving(np.zeros((1, size, size, channels), np.uint8))  # build it (Keras exports need a called model)
@@ -130,10 +158,14 @@ def export(
     _prepare_target(target)
     keras_format = {"savedmodel": "tf_saved_model", "tflite": "litert", "onnx": "onnx"}[fmt]
     options = {"opset_version": ONNX_OPSET} if fmt == "onnx" else {}
-    with _quiet_converters():
-        serving.export(
-            str(target), format=keras_format, input_signature=signature, verbose=False, **options
-        )
+    with tempfile.TemporaryDirectory() as scratch:
+        graph = target if calibration is None else Path(scratch) / "float.onnx"
+        with _quiet_converters():
+            serving.export(
+                str(graph), format=keras_format, input_signature=signature, verbose=False, **options
+            )
+        if calibration is not None:
+            quantize_onnx(graph, target, calibration)
     metadata = {
         "format": fmt,
         "task": task.kind,
@@ -146,8 +178,10 @@ def export(
         },
         "input_size": size,
         **task_metadata,
-        "model": model_path.name,
+        "model": source.name,
     }
+    if calibration is not None:
+        metadata["int8"] = {"ops": list(QUANTIZED_OPS), "calibration_images": len(calibration)}
     write_json(metadata, metadata_path(target), indent=2)
     return target
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from detseg.engine.exported import predict_exported
+from detseg.engine.onnx_cache import cached_onnx, predict_runtime
 from detseg.engine.runs import exported_format, load_model, load_run
 from detseg.errors import DetsegError
 from detseg.stream import StreamSummary, run_on_source
@@ -37,7 +38,8 @@ def predict(
     """Run a model on an image, folder, glob, video, stream or webcam and write the outputs.
 
     `model` is a run folder, a `.keras` file, or an exported ONNX / TFLite / SavedModel
-    artefact. `score_thr` and `iou_thr` override a detector's predict thresholds; `config`
+    artefact. A `.keras` detector runs on onnxruntime when `predict.runtime` allows it (its
+    ONNX export made once and cached, `detseg.engine.onnx_cache`), else on Keras. `score_thr` and `iou_thr` override a detector's predict thresholds; `config`
     replaces the config.yaml beside the model, and `overrides` ({"predict.tile": True}) change
     it. `unsafe` loads a `.keras` model holding Python code (`runs.load_model`). Returns the
     run's `StreamSummary`.
@@ -50,6 +52,15 @@ def predict(
             max_frames=max_frames, score_thr=score_thr, iou_thr=iou_thr, config=config,
         )  # fmt: skip
     model_path, cfg, task = load_run(model, config, overrides)
+    if task.runs_on_onnxruntime and predict_runtime(cfg, model_path) == "onnxruntime":
+        thresholds = {"score_thr": score_thr, "iou_thr": iou_thr}
+        baked = cfg.model_copy(
+            update={"predict": cfg.predict.model_copy(update={k: v for k, v in thresholds.items() if v is not None})}
+        )
+        return predict_exported(
+            cached_onnx(model_path, baked, task, unsafe=unsafe), source=source, save=save, show=show,
+            jsonl=jsonl, batch=batch, max_frames=max_frames,
+        )  # fmt: skip
 
     def build():
         return task.predictor(

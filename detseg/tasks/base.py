@@ -59,13 +59,17 @@ def refuse_thresholds(score_thr: float | None, iou_thr: float | None, reports: s
 class Task(ABC):
     """Hooks of one model kind (`model.kind`); see the module docstring.
 
-    `monitor` is the validation metric that chooses `best.keras` (higher is better), and
-    `model_class` the Keras class its `.keras` files hold (a model of another task is refused).
+    `monitor` is the validation metric that chooses `best.keras` (higher is better),
+    `model_class` the Keras class its `.keras` files hold (a model of another task is refused),
+    and `runs_on_onnxruntime` whether its exported predictor gives what its Keras predictor
+    gives for every predict setting, so `detseg predict` may run a `.keras` model through its
+    cached ONNX export (`predict.runtime`).
     """
 
     kind: ClassVar[str]
     monitor: ClassVar[str]
     model_class: ClassVar[type]
+    runs_on_onnxruntime: ClassVar[bool] = False
 
     # === Data ===
 

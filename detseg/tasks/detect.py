@@ -205,6 +205,7 @@ class DetectTask(Task):
 
     kind = "yolov3"
     monitor = "val_mAP"
+    runs_on_onnxruntime = True
     model_class = YoloDetector
 
     def load_data(self, cfg: Config, split: str) -> Dataset:
