@@ -114,7 +114,8 @@ def export(
         )
     if keras.backend.backend() != "tensorflow":
         raise DetsegError(
-            f"exports need the TensorFlow backend (KERAS_BACKEND=tensorflow), not {keras.backend.backend()}"
+            f"exports need the TensorFlow backend, not {keras.backend.backend()}: run it with "
+            "KERAS_BACKEND=tensorflow (a .keras model trained under any backend exports there)"
         )
     model_path, cfg, task = load_run(model, config)
     if fmt == "onnx":

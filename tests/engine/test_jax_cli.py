@@ -1,6 +1,7 @@
 """`detseg train`, `evaluate` and `predict` of the shapes detector as real commands under
 `KERAS_BACKEND=jax`, from this (TensorFlow) test process: the run folder, the evaluation of the
-saved model against what the run logged, and predictions inside the image."""
+saved model against what the run logged, predictions inside the image, and exports refused in
+one line (they convert through TensorFlow)."""
 
 from __future__ import annotations
 
@@ -33,10 +34,10 @@ def detseg(*args: str) -> subprocess.Popen:
     return subprocess.Popen(command, env=JAX_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def finished(proc: subprocess.Popen) -> str:
+def finished(proc: subprocess.Popen, code: int = 0) -> tuple[str, str]:
     out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err
-    return out
+    assert proc.returncode == code, err
+    return out, err
 
 
 def test_train_evaluate_predict_the_detector_under_jax(tmp_path):
@@ -44,14 +45,17 @@ def test_train_evaluate_predict_the_detector_under_jax(tmp_path):
     cfg["train"]["epochs"] = 1
     config = tmp_path / "detector.yaml"
     config.write_text(yaml.safe_dump(cfg))
-    finished(detseg("train", str(config)))
+    _, err = finished(detseg("train", str(config)))
+    # TensorFlow, which training uses beside JAX (seeding, TensorBoard), starts quietly too.
+    assert "cuda" not in err.lower() and "onednn" not in err.lower()
     run_dir = tmp_path / "runs" / "detector"
     for name in ("config.yaml", "best.keras", "last.keras", "history.csv", "metrics.json"):
         assert (run_dir / name).is_file(), name
+    assert list((run_dir / "logs" / "train").glob("events.out.tfevents.*"))  # TensorBoard
     (logged,) = read_history(run_dir)  # one epoch, logged once
     assert logged["epoch"] == "0"
 
-    # Evaluation and prediction only read best.keras: run them side by side.
+    # Evaluation, prediction and export only read best.keras: run them side by side.
     image = sorted((tmp_path / "cache").glob("shapes_*/val/images/*.jpg"))[0]
     jsonl, saved = tmp_path / "predictions.jsonl", tmp_path / "annotated"
     evaluating = detseg("evaluate", str(run_dir / "best.keras"), "--config", str(run_dir / "config.yaml"))
@@ -59,8 +63,14 @@ def test_train_evaluate_predict_the_detector_under_jax(tmp_path):
         "predict", str(run_dir / "best.keras"), "--source", str(image), "--conf", "0.01",
         "--jsonl", str(jsonl), "--save", str(saved),
     )  # fmt: skip
-    table = finished(evaluating)
+    exporting = detseg("export", str(run_dir / "best.keras"), "--format", "onnx")
+    table, _ = finished(evaluating)
     finished(predicting)
+    _, err = finished(exporting, code=2)
+    assert err == (
+        "detseg: error: exports need the TensorFlow backend, not jax: run it with "
+        "KERAS_BACKEND=tensorflow (a .keras model trained under any backend exports there)\n"
+    )
 
     # The saved model scores on the val split what the run's validation logged for its epoch.
     metrics = json.loads((run_dir / "metrics.json").read_text())
