@@ -130,6 +130,7 @@ def test_ctrl_c_saves_last_keras_and_exits_130(tmp_path, monkeypatch, caplog):
     interrupt_a_tiny_run(tmp_path, monkeypatch, caplog)
 
 
+@pytest.mark.jax
 @pytest.mark.slow
 def test_a_run_stopped_by_ctrl_c_resumes_with_the_optimizer_state(tmp_path, monkeypatch, caplog):
     config, run_dir = interrupt_a_tiny_run(tmp_path, monkeypatch, caplog)
@@ -141,7 +142,8 @@ def test_a_run_stopped_by_ctrl_c_resumes_with_the_optimizer_state(tmp_path, monk
 # === SIGKILL mid-epoch, then resume (slow: a real process, three real epochs) ===
 
 
-@pytest.mark.slow
+@pytest.mark.jax
+@pytest.mark.slow  # under JAX too (`KERAS_BACKEND=jax pytest -m "jax and slow"`): the command inherits the backend
 def test_a_run_killed_mid_epoch_resumes_from_its_last_epoch_with_the_optimizer(tmp_path):
     cfg = detector_config(tmp_path)
     cfg["data"]["shapes"]["num_train"] = 96
