@@ -18,6 +18,7 @@ import yaml
 
 import detseg.engine.train as train_module
 from detseg.cli import main
+from detseg.data.loader import DetectionLoader
 from detseg.engine.runs import read_history, save_model
 from detseg.engine.train import Checkpoint, HistoryLog
 from detseg.tasks import TASKS
@@ -128,6 +129,37 @@ def interrupt_a_tiny_run(tmp_path, monkeypatch, caplog):
 
 def test_ctrl_c_saves_last_keras_and_exits_130(tmp_path, monkeypatch, caplog):
     interrupt_a_tiny_run(tmp_path, monkeypatch, caplog)
+
+
+@pytest.mark.jax
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="only JAX detaches the weights while a step runs")
+def test_ctrl_c_in_the_first_step_of_a_resumed_run_keeps_last_keras(tmp_path, monkeypatch, caplog):
+    # Under JAX the first step of a `fit` starts with no state to reattach to the model: Ctrl-C
+    # while it loads its batch leaves the weights empty, and last.keras (epoch 0's) already
+    # holds the model as it is.
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(detector_config(tmp_path)))  # 8 images, batch 4: 2 steps/epoch
+    assert main(["-q", "train", str(config), "--set", "train.epochs=1"]) == 0
+    run_dir = tmp_path / "runs" / "detector"
+    armed: list = []
+
+    class ArmAtEpoch1(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            armed.append(epoch == 1)
+
+    def load_batch(self, index, load=DetectionLoader.__getitem__):
+        if armed == [True]:  # epoch 1's first batch
+            armed.append(False)
+            raise KeyboardInterrupt
+        return load(self, index)
+
+    monkeypatch.setattr(DetectionLoader, "__getitem__", load_batch)
+    original = train_module._callbacks
+    monkeypatch.setattr(train_module, "_callbacks", lambda *args: [*original(*args), ArmAtEpoch1()])
+    assert main(["-q", "train", str(config), "--set", "train.resume=true"]) == 130
+    assert "interrupted after 1 complete epoch(s)" in caplog.text
+    assert epochs_logged(run_dir) == [0]
+    assert iterations(run_dir / "last.keras") == 2  # epoch 0's steps: epoch 1 trained nothing
 
 
 @pytest.mark.jax
