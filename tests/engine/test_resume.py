@@ -87,9 +87,9 @@ def saved(path) -> tuple[list[np.ndarray], int]:
     return [np.asarray(w) for w in model.get_weights()], int(keras.ops.convert_to_numpy(model.optimizer.iterations))
 
 
-# The default runs share the work: TensorFlow resumes the detector and the classifier, JAX the
-# three other kinds (each resume is ~10 s, compile-bound); `-m slow` runs every kind under
-# either backend.
+# The default runs share the work (each resume is 6-20 s, compile-bound): TensorFlow resumes
+# the detector and the classifier, JAX the localizer and the FCN detector; `-m slow` runs every
+# kind, the U-Net included, under either backend.
 ON_JAX = keras.backend.backend() == "jax"
 DEFAULT_UNDER_TF = pytest.mark.slow if ON_JAX else pytest.mark.jax
 DEFAULT_UNDER_JAX = pytest.mark.jax if ON_JAX else pytest.mark.slow
@@ -101,7 +101,7 @@ DEFAULT_UNDER_JAX = pytest.mark.jax if ON_JAX else pytest.mark.slow
     [
         pytest.param("yolov3", detector_config, marks=DEFAULT_UNDER_TF),
         pytest.param("classifier", classifier_config, marks=DEFAULT_UNDER_TF),
-        pytest.param("unet", segmenter_config, marks=DEFAULT_UNDER_JAX),
+        pytest.param("unet", segmenter_config, marks=pytest.mark.slow),
         pytest.param("localize", localizer_config, marks=DEFAULT_UNDER_JAX),
         pytest.param("fcn", fcn_config, marks=DEFAULT_UNDER_JAX),
     ],
