@@ -39,23 +39,24 @@ def _overrides(pairs: Sequence[str] | None) -> dict[str, Any]:
     return dict(parse_override(p) for p in pairs or [])
 
 
-def _load(args: argparse.Namespace):
+def _load(args: argparse.Namespace, tensorflow: bool = False):
     """The config of `args` (cheap: no Keras), then the backend: a bad config fails at once."""
     from detseg.config import load_config
 
     cfg = load_config(args.config, _overrides(args.set))
-    _start_backend(args)
+    _start_backend(args, tensorflow)
     return cfg
 
 
-def _start_backend(args: argparse.Namespace) -> None:
+def _start_backend(args: argparse.Namespace, tensorflow: bool = False) -> None:
     """Start Keras's backend with TensorFlow's native start-up chatter hidden (shown with -v).
 
     Subcommands call it once their cheap checks passed; conversion and results-file scoring
-    never do, so they run without Keras.
+    never do, so they run without Keras. `tensorflow`: the job also uses TensorFlow under
+    another backend (training, export), which is started quietly too.
     """
     if not args.verbose:
-        start_backend_quietly()
+        start_backend_quietly(tensorflow)
 
 
 def _add_unsafe(p: argparse.ArgumentParser) -> None:
@@ -76,7 +77,7 @@ def _add_set(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    cfg = _load(args)
+    cfg = _load(args, tensorflow=True)
     from detseg.engine.train import train
 
     run_dir = train(cfg, unsafe=args.unsafe)
@@ -153,7 +154,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    _start_backend(args)
+    _start_backend(args, tensorflow=True)
     from detseg.engine.export import export
 
     out = export(args.model, fmt=args.format, out=args.out, config=args.config, unsafe=args.unsafe, int8=args.int8)
@@ -162,7 +163,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    _start_backend(args)
+    _start_backend(args, tensorflow=True)
     from detseg.engine.demo import run_demo
 
     run_demo(args.config, _overrides(args.set))

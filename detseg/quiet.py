@@ -8,6 +8,8 @@ while the backend imports and enumerates its devices.
 from __future__ import annotations
 
 import contextlib
+import importlib
+import importlib.util
 import os
 import sys
 from collections.abc import Iterator
@@ -29,10 +31,18 @@ def native_stderr_silenced() -> Iterator[None]:
         os.close(devnull)
 
 
-def start_backend_quietly() -> None:
-    """Import Keras and initialise its devices with native start-up logs hidden."""
+def start_backend_quietly(tensorflow: bool = False) -> None:
+    """Import Keras and initialise its devices with native start-up logs hidden.
+
+    `tensorflow`: also import TensorFlow, when installed, under any backend. Jobs that use it
+    beside another backend (training seeds it in `keras.utils.set_random_seed` and writes
+    TensorBoard logs with it; exports convert through it) would otherwise print its start-up
+    chatter in the middle of their output.
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     with native_stderr_silenced():
         import keras
 
         keras.distribution.list_devices()
+        if tensorflow and importlib.util.find_spec("tensorflow") is not None:
+            importlib.import_module("tensorflow")

@@ -121,7 +121,8 @@ def export(
         )
     if keras.backend.backend() != "tensorflow":
         raise DetsegError(
-            f"exports need the TensorFlow backend (KERAS_BACKEND=tensorflow), not {keras.backend.backend()}"
+            f"exports need the TensorFlow backend, not {keras.backend.backend()}: run it with "
+            "KERAS_BACKEND=tensorflow (a .keras model trained under any backend exports there)"
         )
     if int8 and fmt != "onnx":
         raise DetsegError(f"int8 quantization is for ONNX exports (--format onnx), not {fmt}")

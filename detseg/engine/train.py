@@ -360,6 +360,37 @@ def _fit_phases(
             return
 
 
+def _holds_its_state(model: keras.Model) -> bool:
+    """Whether the model's weights and optimizer variables hold values. JAX detaches them from
+    the model while a step runs and reattaches its newest state afterwards; interrupted in the
+    first step of a `fit` (or the first after a `predict`), it has no state to reattach yet."""
+    variables = [*model.weights, *(model.optimizer.variables if model.optimizer else [])]
+    # Keras's JAX trainer empties `_value` (`_purge_model_variables`); reading `.value` then
+    # fails inside Keras, so the attribute itself is what tells.
+    return all(v._value is not None for v in variables)
+
+
+def _save_interrupted(model: keras.Model, run_dir: Path, resumed: bool, started: float) -> None:
+    """On Ctrl-C, save the model as it is to last.keras. A model without its state (JAX, in a
+    first step: `_holds_its_state`) has trained nothing since last.keras was written, by this
+    run (after `started`) or by the run it resumes, and last.keras is kept."""
+    last = run_dir / "last.keras"
+    if _holds_its_state(model):
+        save_model(model, last)
+        done = "saved"
+    elif last.is_file() and (resumed or last.stat().st_mtime >= started):
+        done = "holds the model as it is"
+    else:
+        log.warning("interrupted in the first training step: nothing to resume")
+        return
+    log.warning(
+        "interrupted after %d complete epoch(s): %s %s; continue with --set train.resume=true",
+        completed_epochs(run_dir),
+        last,
+        done,
+    )
+
+
 def train(cfg: Config, *, callbacks: Sequence[keras.callbacks.Callback] = (), unsafe: bool = False) -> Path:
     """Train the model a config describes (any `model.kind`); returns the run folder.
 
@@ -368,6 +399,7 @@ def train(cfg: Config, *, callbacks: Sequence[keras.callbacks.Callback] = (), un
     Ctrl-C (KeyboardInterrupt) saves the model as it is to `last.keras` and is raised again:
     `train.resume: true` continues from there, with the optimizer state.
     """
+    started = time.time()
     task = task_for(cfg)
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -395,12 +427,7 @@ def train(cfg: Config, *, callbacks: Sequence[keras.callbacks.Callback] = (), un
     try:
         _fit_phases(cfg, task, model, loader, initial_epoch, fit_callbacks, budget, place)
     except KeyboardInterrupt:
-        save_model(model, run_dir / "last.keras")
-        log.warning(
-            "interrupted after %d complete epoch(s): %s saved; continue with --set train.resume=true",
-            completed_epochs(run_dir),
-            run_dir / "last.keras",
-        )
+        _save_interrupted(model, run_dir, cfg.train.resume, started)
         raise
 
     plot_training_curves(read_history(run_dir), run_dir / "plots" / "curves.png")

@@ -18,6 +18,7 @@ import yaml
 
 import detseg.engine.train as train_module
 from detseg.cli import main
+from detseg.data.loader import DetectionLoader
 from detseg.engine.runs import read_history, save_model
 from detseg.engine.train import Checkpoint, HistoryLog
 from detseg.tasks import TASKS
@@ -130,6 +131,35 @@ def test_ctrl_c_saves_last_keras_and_exits_130(tmp_path, monkeypatch, caplog):
     interrupt_a_tiny_run(tmp_path, monkeypatch, caplog)
 
 
+@pytest.mark.jax
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="only JAX detaches the weights while a step runs")
+def test_ctrl_c_in_the_first_step_of_a_resumed_run_keeps_last_keras(tmp_path, monkeypatch, caplog):
+    # Under JAX the first step of a `fit` starts with no state to reattach to the model: Ctrl-C
+    # while it loads its batch leaves the weights empty, and last.keras (what the run resumed
+    # from) already holds the model as it is.
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(detector_config(tmp_path)))  # 8 images, batch 4: 2 steps/epoch
+    task = TASKS["yolov3"]  # validation is scripted: this test is about checkpoints, not scores
+    monkeypatch.setattr(type(task), "validate", lambda self, cfg, model, data: {task.monitor: 0.5})
+    original = train_module._callbacks
+    fired: list = []  # Ctrl-C before batch 1 of epoch 1: last.keras after 3 steps
+    monkeypatch.setattr(train_module, "_callbacks", lambda *args: [*original(*args), CtrlCOnce(fired)])
+    assert main(["-q", "train", str(config)]) == 130
+    run_dir = tmp_path / "runs" / "detector"
+    saved = (run_dir / "last.keras").read_bytes()
+
+    def interrupted_load(self, index):  # the resumed run's first batch
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(DetectionLoader, "__getitem__", interrupted_load)
+    caplog.clear()
+    assert main(["-q", "train", str(config), "--set", "train.resume=true"]) == 130
+    assert "interrupted after 1 complete epoch(s)" in caplog.text and "holds the model as it is" in caplog.text
+    assert (run_dir / "last.keras").read_bytes() == saved and iterations(run_dir / "last.keras") == 3
+    assert epochs_logged(run_dir) == [0]
+
+
+@pytest.mark.jax
 @pytest.mark.slow
 def test_a_run_stopped_by_ctrl_c_resumes_with_the_optimizer_state(tmp_path, monkeypatch, caplog):
     config, run_dir = interrupt_a_tiny_run(tmp_path, monkeypatch, caplog)
@@ -141,7 +171,8 @@ def test_a_run_stopped_by_ctrl_c_resumes_with_the_optimizer_state(tmp_path, monk
 # === SIGKILL mid-epoch, then resume (slow: a real process, three real epochs) ===
 
 
-@pytest.mark.slow
+@pytest.mark.jax
+@pytest.mark.slow  # under JAX too (`KERAS_BACKEND=jax pytest -m "jax and slow"`): the command inherits the backend
 def test_a_run_killed_mid_epoch_resumes_from_its_last_epoch_with_the_optimizer(tmp_path):
     cfg = detector_config(tmp_path)
     cfg["data"]["shapes"]["num_train"] = 96
