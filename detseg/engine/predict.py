@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from detseg.engine.exported import predict_exported
+from detseg.engine.exported import open_exported, predict_exported
 from detseg.engine.onnx_cache import cached_onnx, predict_runtime
 from detseg.engine.runs import exported_format, load_model, load_run
 from detseg.errors import DetsegError
@@ -57,15 +57,17 @@ def predict(
         baked = cfg.model_copy(
             update={"predict": cfg.predict.model_copy(update={k: v for k, v in thresholds.items() if v is not None})}
         )
-        return predict_exported(
-            cached_onnx(model_path, baked, task, unsafe=unsafe), source=source, save=save, show=show,
-            jsonl=jsonl, batch=batch, max_frames=max_frames,
-        )  # fmt: skip
 
-    def build():
-        return task.predictor(
-            cfg, load_model(model_path, task, unsafe=unsafe, names=cfg.data.names), score_thr=score_thr, iou_thr=iou_thr, batch=max(1, batch)
-        )
+        def build():  # after the source opened: a missing camera fails before any export
+            path = cached_onnx(model_path, baked, task, unsafe=unsafe)
+            runner, metadata = open_exported(path)
+            return task.exported_predictor(runner, metadata, path, score_thr=None, iou_thr=None, batch=max(1, batch))
+
+    else:
+
+        def build():
+            model = load_model(model_path, task, unsafe=unsafe, names=cfg.data.names)
+            return task.predictor(cfg, model, score_thr=score_thr, iou_thr=iou_thr, batch=max(1, batch))
 
     return run_on_source(
         build, source, save=save, show=show, jsonl=jsonl, batch=batch, max_frames=max_frames
