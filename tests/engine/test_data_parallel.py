@@ -94,6 +94,7 @@ TF_DEVICES = "/device:CPU:0, /device:CPU:1"
 YOLO_LOSSES = ("box_loss", "obj_loss", "cls_loss")
 
 
+@pytest.mark.slow  # ~45 s; the default run keeps the split-batch loss checks (tests/test_distribute.py)
 def test_data_parallel_epoch_matches_one_device_tensorflow(tmp_path):
     parallel, single, log = train_twice("tensorflow", tmp_path, "configs/shapes_yolov3_tiny.yaml", TINY_DETECTOR)
     check_same_epoch(parallel, single, log, TF_DEVICES, YOLO_LOSSES)
