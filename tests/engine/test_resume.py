@@ -88,8 +88,8 @@ def saved(path) -> tuple[list[np.ndarray], int]:
 
 
 # The default runs share the work (each resume is 6-20 s, compile-bound): TensorFlow resumes
-# the detector and the classifier, JAX the localizer and the FCN detector; `-m slow` runs every
-# kind, the U-Net included, under either backend.
+# the detector and the classifier, JAX the FCN detector; `-m slow` runs every kind, the U-Net
+# and the localizer included, under either backend.
 ON_JAX = keras.backend.backend() == "jax"
 DEFAULT_UNDER_TF = pytest.mark.slow if ON_JAX else pytest.mark.jax
 DEFAULT_UNDER_JAX = pytest.mark.jax if ON_JAX else pytest.mark.slow
@@ -102,7 +102,7 @@ DEFAULT_UNDER_JAX = pytest.mark.jax if ON_JAX else pytest.mark.slow
         pytest.param("yolov3", detector_config, marks=DEFAULT_UNDER_TF),
         pytest.param("classifier", classifier_config, marks=DEFAULT_UNDER_TF),
         pytest.param("unet", segmenter_config, marks=pytest.mark.slow),
-        pytest.param("localize", localizer_config, marks=DEFAULT_UNDER_JAX),
+        pytest.param("localize", localizer_config, marks=pytest.mark.slow),
         pytest.param("fcn", fcn_config, marks=DEFAULT_UNDER_JAX),
     ],
 )

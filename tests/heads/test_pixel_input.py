@@ -75,7 +75,7 @@ def test_the_one_pixels_layer_maps_0_255_to_0_1():
     assert [layer.name for layer in backbone.layers[:2]] == ["image", PIXELS_LAYER]
 
 
-@pytest.mark.jax
+# Under JAX, tests/heads/test_yolo_backends.py trains a step on uint8 pixels too.
 def test_one_training_step_from_uint8_batches():
     """fit() on uint8 batches (cast to float inside the compiled step) logs the loss that the
     model computes eagerly on the same pixels as float32, and updates the weights."""
