@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 import sys
 
+import pytest
+
 from tests.conftest import REPO_ROOT
 
 
@@ -30,3 +32,51 @@ def test_bench_input_quick_measures_every_row_for_both_dtypes(capsys, monkeypatc
         assert all(rate > 0 for rate in rates.values())
     out = capsys.readouterr().out
     assert "uint8: loader / ready" in out and "float32: loader / ready" in out
+
+
+def _positive_numbers(rows: list[dict]) -> None:
+    """Every figure of every row is a positive number (ids, names and absent cells aside)."""
+    for row in rows:
+        for key, value in row.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "max_stats_diff":
+                assert value > 0, (key, row)
+
+
+def test_bench_peers_quick_measures_detseg_in_every_section(shared_data):
+    """The default run measures detseg alone (peers absent), in process, at a tiny size: every
+    section's table has its columns and positive figures, and the COCO numbers agree."""
+    if not (shared_data / "bccd").is_dir():
+        pytest.skip(f"{shared_data / 'bccd'} not found")
+    bench = _script("bench_peers")
+    # Eager training steps and no int8 export: the full run measures those (tests/engine covers int8).
+    spec = {"train": [[64, 2]], "infer": [64], "video": [64], "steps": 2, "repeats": 2, "frames": 3,
+            "runtimes": ["keras", "onnxruntime"], "eager": True}  # fmt: skip
+    rows = bench.detseg_rows(spec) + bench.coco_rows(20)
+    _positive_numbers(rows)
+    sections = {(r["section"], r.get("runtime", r["tool"])) for r in rows}
+    assert sections == {
+        ("train", "detseg"), ("infer", "keras"), ("infer", "onnxruntime"), ("video", "keras"),
+        ("video", "onnxruntime"), ("coco", "detseg"), ("coco", "faster-coco-eval"),
+        ("coco", "pycocotools"),
+    }  # fmt: skip
+    assert all(r["max_stats_diff"] < 1e-12 for r in rows if r["section"] == "coco")
+    video = [r for r in rows if r["section"] == "video"]
+    assert all(r["frames"] == 3 for r in video)
+
+
+@pytest.mark.slow
+def test_bench_peers_quick_with_the_peers(tmp_path, shared_data):
+    """`--quick` with Ultralytics and KerasCV, when `make bench-peers` made .venv-peers."""
+    if not (REPO_ROOT / ".venv-peers" / "bin" / "python").exists():
+        pytest.skip(".venv-peers not found (make bench-peers)")
+    import json
+    import subprocess
+
+    out = tmp_path / "rows.json"
+    subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "bench_peers.py"), "--quick", "--json", str(out)], check=True)
+    rows = json.loads(out.read_text())
+    _positive_numbers(rows)
+    tools = {(r["tool"], r["section"]) for r in rows}
+    for tool in ("detseg", "ultralytics", "kerascv"):
+        assert {(tool, "train"), (tool, "infer"), (tool, "video")} <= tools
+    assert {r["backend"] for r in rows if r["tool"] == "detseg"} == {"tensorflow", "jax"}
