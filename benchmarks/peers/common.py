@@ -4,6 +4,7 @@ and the JSON row each one prints. Imports nothing but NumPy, so the peers' envir
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import sys
@@ -16,6 +17,8 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from timing import median_seconds  # noqa: E402
 
 WARMUP_BATCHES = 3
 """Training batches left out of the timing (graph tracing, XLA compilation, loader start)."""
@@ -42,16 +45,24 @@ class BatchClock:
         return self.batch / float(np.median(intervals))
 
 
-def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
-    """Median milliseconds of `fn()` over `repeats` calls after `warmup` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1000)
+def median_ms(fn: Callable[[], object], repeats: int) -> float:
+    """Median milliseconds of `fn()` over `repeats` calls, after a warm-up call (timing.py)."""
+    return median_seconds(fn, repeats) * 1000
+
+
+def spec_from_argv(doc: str) -> dict[str, Any]:
+    """The worker's `--spec` JSON: what to measure (see bench_peers.py)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--spec", required=True, help="JSON: what to measure (see bench_peers.py)")
+    return json.loads(parser.parse_args().spec)
+
+
+def measure(tool: str, spec: dict[str, Any], train_row, infer_row, video_row) -> list[dict[str, Any]]:
+    """One tool's rows of every (size, batch) of `spec["train"]` and size of its "infer" and "video"."""
+    rows = [train_row(spec, size, batch) for size, batch in spec.get("train", [])]
+    rows += [infer_row(spec, size) for size in spec.get("infer", [])]
+    rows += [video_row(spec, size) for size in spec.get("video", [])]
+    return [{"tool": tool, **row} for row in rows]
 
 
 def emit(rows: list[dict[str, Any]]) -> None:

@@ -13,8 +13,6 @@ input), in a tf.data pipeline. Inference runs the model and KerasCV's decoding (
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import time
 import xml.etree.ElementTree as ET
@@ -28,7 +26,7 @@ import keras  # noqa: E402
 import keras_cv  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from common import BatchClock, emit, median_ms, module_from_repo  # noqa: E402
+from common import BatchClock, emit, measure, median_ms, module_from_repo, spec_from_argv  # noqa: E402
 
 count_macs = module_from_repo("detseg/flops.py").count_macs  # keras + NumPy only: no detseg install here
 
@@ -146,19 +144,10 @@ def video_row(spec: dict, size: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--spec", required=True, help="JSON: what to measure (see bench_peers.py)")
-    spec = json.loads(parser.parse_args().spec)
+    spec = spec_from_argv(__doc__)
     tf.config.threading.set_intra_op_parallelism_threads(spec["threads"])
     tf.config.threading.set_inter_op_parallelism_threads(spec["threads"])
-    rows = []
-    for size, batch in spec.get("train", []):
-        rows.append(train_row(spec, size, batch))
-    for size in spec.get("infer", []):
-        rows.append(infer_row(spec, size))
-    for size in spec.get("video", []):
-        rows.append(video_row(spec, size))
-    emit([{"tool": TOOL, **row} for row in rows])
+    emit(measure(TOOL, spec, train_row, infer_row, video_row))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ that many. Prints one JSON line of rows (see common.py).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -22,7 +21,7 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 
 import cv2  # noqa: E402
 import torch  # noqa: E402
-from common import BatchClock, emit, median_ms  # noqa: E402
+from common import BatchClock, emit, measure, median_ms, spec_from_argv  # noqa: E402
 from ultralytics import YOLO  # noqa: E402
 from ultralytics.utils.torch_utils import get_flops  # noqa: E402
 
@@ -125,19 +124,11 @@ def accuracy_row(spec: dict) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--spec", required=True, help="JSON: what to measure (see bench_peers.py)")
-    spec = json.loads(parser.parse_args().spec)
-    rows = []
-    for size, batch in spec.get("train", []):
-        rows.append(train_row(spec, size, batch))
-    for size in spec.get("infer", []):
-        rows.append(infer_row(spec, size))
-    for size in spec.get("video", []):
-        rows.append(video_row(spec, size))
+    spec = spec_from_argv(__doc__)
+    rows = measure(TOOL, spec, train_row, infer_row, video_row)
     if spec.get("minutes"):
-        rows.append(accuracy_row(spec))
-    emit([{"tool": TOOL, **row} for row in rows])
+        rows.append({"tool": TOOL, **accuracy_row(spec)})
+    emit(rows)
 
 
 if __name__ == "__main__":
