@@ -16,7 +16,6 @@ TensorFlow runtimes of SavedModel and TFLite artefacts.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import logging
 import shutil
 import tempfile
@@ -31,6 +30,7 @@ from detseg.config import Config
 from detseg.data.files import write_json
 from detseg.data.images import PAD_VALUE
 from detseg.data.splits import load_split
+from detseg.engine.onnx_cache import missing_onnx_packages
 from detseg.engine.quantize import QUANTIZED_OPS, calibration_images, quantize_onnx
 from detseg.engine.runs import load_model, load_run, metadata_path
 from detseg.errors import DetsegError
@@ -41,7 +41,6 @@ __all__ = ["EXPORT_FORMATS", "SavedModelRunner", "TFLiteRunner", "export", "expo
 EXPORT_FORMATS = ("savedmodel", "tflite", "onnx")
 ONNX_OPSET = 17  # NonMaxSuppression needs >= 11; tf2onnx converts combined NMS from 12
 _SUFFIXES = {"savedmodel": "_saved_model", "tflite": ".tflite", "onnx": ".onnx"}
-_ONNX_PACKAGES = ("onnx", "onnxruntime", "tf2onnx")
 
 
 # === Export ===
@@ -75,7 +74,7 @@ def _prepare_target(target: Path) -> None:
 
 
 def _check_onnx_packages() -> None:
-    missing = [name for name in _ONNX_PACKAGES if importlib.util.find_spec(name) is None]
+    missing = missing_onnx_packages()
     if missing:
         raise DetsegError(f"ONNX export needs {', '.join(missing)}: pip install 'detseg[onnx]'")
 

@@ -21,10 +21,10 @@ import numpy as np
 
 from detseg.engine.runs import exported_format, read_metadata
 from detseg.errors import DetsegError
-from detseg.stream import StreamSummary, run_on_source
+from detseg.stream import Predictor, StreamSummary, run_on_source
 from detseg.tasks import TASKS
 
-__all__ = ["OnnxRunner", "Runner", "open_exported", "predict_exported"]
+__all__ = ["OnnxRunner", "Runner", "exported_predictor", "open_exported", "predict_exported"]
 
 Runner = Callable[[np.ndarray], dict[str, np.ndarray]]
 """uint8 letterboxed batch [B, S, S, C] -> the export's outputs by name."""
@@ -78,6 +78,15 @@ def open_exported(path: str | Path) -> tuple[Runner, dict[str, Any]]:
     return (SavedModelRunner(path) if fmt == "savedmodel" else TFLiteRunner(path)), metadata
 
 
+def exported_predictor(
+    path: str | Path, *, score_thr: float | None = None, iou_thr: float | None = None, batch: int = 1
+) -> Predictor:
+    """An exported artefact opened and wrapped by its task as the stream's `Predictor`."""
+    runner, metadata = open_exported(path)
+    task = TASKS[metadata.get("task", DEFAULT_TASK)]
+    return task.exported_predictor(runner, metadata, Path(path), score_thr=score_thr, iou_thr=iou_thr, batch=max(1, batch))
+
+
 def predict_exported(
     model: str | Path,
     *,
@@ -101,11 +110,7 @@ def predict_exported(
         )
 
     def build():
-        runner, metadata = open_exported(model)
-        task = TASKS[metadata.get("task", DEFAULT_TASK)]
-        return task.exported_predictor(
-            runner, metadata, Path(model), score_thr=score_thr, iou_thr=iou_thr, batch=max(1, batch)
-        )
+        return exported_predictor(model, score_thr=score_thr, iou_thr=iou_thr, batch=batch)
 
     return run_on_source(
         build, source, save=save, show=show, jsonl=jsonl, batch=batch, max_frames=max_frames

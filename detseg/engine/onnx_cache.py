@@ -27,20 +27,26 @@ from detseg.engine.runs import load_model, metadata_path
 from detseg.errors import DetsegError
 from detseg.tasks import Task
 
-__all__ = ["CACHE_DIR", "cached_onnx", "onnx_runtime_missing", "predict_runtime"]
+__all__ = ["CACHE_DIR", "ONNX_PACKAGES", "cached_onnx", "missing_onnx_packages", "onnx_runtime_missing", "predict_runtime"]
 
 log = logging.getLogger("detseg")
 
 CACHE_DIR = ".cache"
-_EXPORT_PACKAGES = ("onnx", "onnxruntime", "tf2onnx")
+ONNX_PACKAGES = ("onnx", "onnxruntime", "tf2onnx")
+"""What exporting to ONNX (tf2onnx) and running the export (onnxruntime) import: the onnx extra."""
 _CHUNK = 1 << 20
+
+
+def missing_onnx_packages() -> list[str]:
+    """The packages of `ONNX_PACKAGES` this environment lacks (checked without importing them)."""
+    return [name for name in ONNX_PACKAGES if importlib.util.find_spec(name) is None]
 
 
 def onnx_runtime_missing() -> str | None:
     """Why a `.keras` model cannot be run on onnxruntime here, or None when it can."""
     if keras.backend.backend() != "tensorflow":
         return f"the ONNX exporter needs the TensorFlow backend, not {keras.backend.backend()}"
-    missing = [name for name in _EXPORT_PACKAGES if importlib.util.find_spec(name) is None]
+    missing = missing_onnx_packages()
     if missing:
         return f"{', '.join(missing)} not installed (pip install 'detseg[onnx]')"
     return None

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from detseg.engine.exported import open_exported, predict_exported
+from detseg.engine.exported import exported_predictor, predict_exported
 from detseg.engine.onnx_cache import cached_onnx, predict_runtime
 from detseg.engine.runs import exported_format, load_model, load_run
 from detseg.errors import DetsegError
@@ -59,9 +59,7 @@ def predict(
         )
 
         def build():  # after the source opened: a missing camera fails before any export
-            path = cached_onnx(model_path, baked, task, unsafe=unsafe)
-            runner, metadata = open_exported(path)
-            return task.exported_predictor(runner, metadata, path, score_thr=None, iou_thr=None, batch=max(1, batch))
+            return exported_predictor(cached_onnx(model_path, baked, task, unsafe=unsafe), batch=batch)
 
     else:
 
