@@ -31,7 +31,7 @@ import tempfile
 import time
 
 import keras
-from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
+from timing import consume_like_fit
 
 from detseg.config import load_config, parse_override
 from detseg.data import load_split, training_loader
@@ -80,14 +80,6 @@ class Batches(keras.utils.PyDataset):
             self.source.on_epoch_end()
 
 
-def _iterate(batches: Batches) -> None:
-    """One epoch consumed as `model.fit` consumes it."""
-    adapter = PyDatasetAdapter(batches, shuffle=False)
-    adapter.on_epoch_begin()
-    for _ in adapter.get_numpy_iterator():
-        pass
-    adapter.on_epoch_end()
-
 
 def _best_rate(run, images: int, repeats: int) -> float:
     """Images per second of the fastest of `repeats` calls of `run()`."""
@@ -120,7 +112,7 @@ def measure(cfg, steps: int, repeats: int, eager: bool = False) -> dict[str, dic
         in_memory = [(x.astype(dtype), y) for x, y in ready]
         fit(Batches(in_memory, 1, dtype))  # compiles the step for this input dtype
         rates = {
-            "loader alone": lambda d=dtype: _iterate(Batches(loader, steps, d, workers)),
+            "loader alone": lambda d=dtype: consume_like_fit(Batches(loader, steps, d, workers)),
             "fit over the loader": lambda d=dtype: fit(Batches(loader, steps, d, workers)),
             "fit over ready batches": lambda d=dtype, m=in_memory: fit(Batches(m, steps, d)),
         }

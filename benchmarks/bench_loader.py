@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import cv2
-from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
+from timing import consume_like_fit
 
 from detseg.config import AugmentConfig, ShapesConfig
 from detseg.data import DetectionLoader, build_augment, load_voc
@@ -54,14 +54,6 @@ def _peer(paths: list[Path]) -> None:
         cv2.resize(cv2.imread(str(path)), (SIZE, SIZE))
 
 
-def _through_keras(loader: DetectionLoader) -> None:
-    """One epoch consumed as `model.fit` consumes it (with the loader's workers)."""
-    adapter = PyDatasetAdapter(loader, shuffle=False)
-    adapter.on_epoch_begin()
-    for _ in adapter.get_numpy_iterator():
-        pass
-    adapter.on_epoch_end()
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(
@@ -84,18 +76,18 @@ def main() -> None:
 
     rows = [
         ("peer: cv2.imread + resize loop", lambda: _peer(paths)),
-        ("loader, no augmentation, 0 workers", lambda: _through_keras(loader())),
+        ("loader, no augmentation, 0 workers", lambda: consume_like_fit(loader())),
         (
             "loader, default augmentation, 0 workers",
-            lambda: _through_keras(loader(augment=augment)),
+            lambda: consume_like_fit(loader(augment=augment)),
         ),
         (
             "loader, default augmentation, 2 workers",
-            lambda: _through_keras(loader(augment=augment, workers=2)),
+            lambda: consume_like_fit(loader(augment=augment, workers=2)),
         ),
         (
             "loader, default augmentation + mosaic 0.5, 2 workers",
-            lambda: _through_keras(loader(augment=augment, workers=2, mosaic_p=0.5)),
+            lambda: consume_like_fit(loader(augment=augment, workers=2, mosaic_p=0.5)),
         ),
     ]
     results = {name: _measure(run, n, args.repeats) for name, run in rows}

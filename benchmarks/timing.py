@@ -18,3 +18,15 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return float(np.median(times))
+
+
+def consume_like_fit(batches) -> None:
+    """One epoch of a `keras.utils.PyDataset` consumed as `model.fit` consumes it (Keras's
+    `PyDatasetAdapter`, with the dataset's own workers)."""
+    from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
+
+    adapter = PyDatasetAdapter(batches, shuffle=False)
+    adapter.on_epoch_begin()
+    for _ in adapter.get_numpy_iterator():
+        pass
+    adapter.on_epoch_end()
