@@ -30,9 +30,8 @@ from detseg.config import Config
 from detseg.data.files import write_json
 from detseg.data.images import PAD_VALUE
 from detseg.data.splits import load_split
-from detseg.engine.onnx_cache import missing_onnx_packages
 from detseg.engine.quantize import QUANTIZED_OPS, calibration_images, quantize_onnx
-from detseg.engine.runs import load_model, load_run, metadata_path
+from detseg.engine.runs import load_model, load_run, metadata_path, missing_onnx_packages
 from detseg.errors import DetsegError
 from detseg.tasks import Task
 

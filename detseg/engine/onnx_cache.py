@@ -13,7 +13,6 @@ mid-export never leaves a cache entry that looks complete.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import logging
 import os
@@ -23,23 +22,16 @@ from pathlib import Path
 import keras
 
 from detseg.config import Config
-from detseg.engine.runs import load_model, metadata_path
+from detseg.engine.runs import load_model, metadata_path, missing_onnx_packages
 from detseg.errors import DetsegError
 from detseg.tasks import Task
 
-__all__ = ["CACHE_DIR", "ONNX_PACKAGES", "cached_onnx", "missing_onnx_packages", "onnx_runtime_missing", "predict_runtime"]
+__all__ = ["CACHE_DIR", "cached_onnx", "onnx_runtime_missing", "predict_runtime"]
 
 log = logging.getLogger("detseg")
 
 CACHE_DIR = ".cache"
-ONNX_PACKAGES = ("onnx", "onnxruntime", "tf2onnx")
-"""What exporting to ONNX (tf2onnx) and running the export (onnxruntime) import: the onnx extra."""
 _CHUNK = 1 << 20
-
-
-def missing_onnx_packages() -> list[str]:
-    """The packages of `ONNX_PACKAGES` this environment lacks (checked without importing them)."""
-    return [name for name in ONNX_PACKAGES if importlib.util.find_spec(name) is None]
 
 
 def onnx_runtime_missing() -> str | None:

@@ -5,6 +5,7 @@ other engine module, so train, evaluate, predict and export all build on it."""
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import json
 from pathlib import Path
@@ -25,6 +26,7 @@ __all__ = [
     "load_model",
     "load_run",
     "metadata_path",
+    "missing_onnx_packages",
     "model_config",
     "read_history",
     "read_metadata",
@@ -34,6 +36,9 @@ __all__ = [
 ]
 
 HISTORY_FILE = "history.csv"
+
+ONNX_PACKAGES = ("onnx", "onnxruntime", "tf2onnx")
+"""What exporting to ONNX (tf2onnx) and running the export (onnxruntime) import: the onnx extra."""
 
 _METADATA_KEYS = ("format", "input_size", "class_names")
 
@@ -142,6 +147,11 @@ def last_logged(run_dir: Path, key: str) -> float | None:
 
 
 # === Exported models ===
+
+
+def missing_onnx_packages() -> list[str]:
+    """The packages of `ONNX_PACKAGES` this environment lacks (checked without importing them)."""
+    return [name for name in ONNX_PACKAGES if importlib.util.find_spec(name) is None]
 
 
 def exported_format(path: str | Path) -> str | None:

@@ -74,7 +74,7 @@ def test_onnxruntime_path_gives_the_keras_detections_and_exports_once(run_dir, f
 
 
 def test_asking_for_onnxruntime_without_it_is_a_one_line_error(run_dir, frames, tmp_path, monkeypatch):
-    monkeypatch.setattr(onnx_cache.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
     with pytest.raises(DetsegError, match=r"predict.runtime is onnxruntime but onnx, onnxruntime, tf2onnx not installed"):
         records(run_dir, frames, tmp_path / "x.jsonl", "onnxruntime")
     assert len(records(run_dir, frames, tmp_path / "y.jsonl", "auto")) == 3  # auto falls back to Keras
