@@ -96,16 +96,25 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         evaluate.evaluate_results_file(
             args.gt,
             args.dt,
-            iou_type=args.iou_type,
-            protocol=args.protocol,
-            iou_thr=args.iou_thr,
+            iou_type=args.iou_type or "bbox",
+            protocol=args.protocol or "coco",
+            iou_thr=0.5 if args.iou_thr is None else args.iou_thr,
             json_out=args.json,
         )
         return EXIT_OK
     if not args.model:
         raise DetsegError("evaluate needs a model (.keras) or run folder, or --gt and --dt files")
+    scoring = [flag for flag, value in (("--iou-type", args.iou_type), ("--protocol", args.protocol), ("--iou-thr", args.iou_thr)) if value is not None]
+    if scoring:
+        raise DetsegError(
+            f"{', '.join(scoring)} score a results file (--gt/--dt); a model's evaluation reports its task's own tables"
+        )
     _start_backend(args)
-    evaluate.evaluate_model(args.model, config=args.config, overrides=_overrides(args.set), split=args.split, unsafe=args.unsafe)
+    metrics = evaluate.evaluate_model(args.model, config=args.config, overrides=_overrides(args.set), split=args.split, unsafe=args.unsafe)
+    if args.json:
+        from detseg.data.files import write_json
+
+        write_json(metrics, args.json, indent=2)
     return EXIT_OK
 
 
@@ -208,10 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val", choices=["train", "val", "test"], help="split to evaluate")
     p.add_argument("--gt", help="COCO ground-truth JSON (model-free scoring)")
     p.add_argument("--dt", help="COCO results JSON, or a dataset JSON whose annotations carry 'score'")
-    p.add_argument("--iou-type", default="bbox", choices=["bbox", "segm"])
-    p.add_argument("--protocol", default="coco", choices=["coco", "voc07", "voc12"])
-    p.add_argument("--iou-thr", type=float, default=0.5, help="IoU threshold of the VOC protocols")
-    p.add_argument("--json", help="write the metrics JSON here")
+    p.add_argument("--iou-type", choices=["bbox", "segm"], help="results-file scoring (default bbox)")
+    p.add_argument("--protocol", choices=["coco", "voc07", "voc12"], help="results-file scoring (default coco)")
+    p.add_argument("--iou-thr", type=float, help="IoU threshold of the VOC protocols (default 0.5)")
+    p.add_argument("--json", help="also write the metrics JSON here")
     _add_set(p)
     _add_unsafe(p)
 

@@ -136,6 +136,15 @@ def test_evaluate_gt_without_dt_is_a_usage_error():
     assert res.stderr.strip() == "detseg: error: --gt and --dt go together (ground truth and detections files)"
 
 
+def test_evaluate_a_model_refuses_the_results_file_scoring_flags():
+    res = run_cli("evaluate", "runs/x", "--protocol", "voc07", "--iou-thr", "0.7")
+    assert res.returncode == 2
+    assert res.stderr.strip() == (
+        "detseg: error: --protocol, --iou-thr score a results file (--gt/--dt); "
+        "a model's evaluation reports its task's own tables"
+    )
+
+
 def test_convert_of_a_truncated_xml_is_one_line_without_keras(tmp_path):
     """`detseg convert` never imports Keras or TensorFlow: no start-up chatter, no seconds lost."""
     (tmp_path / "ann").mkdir()

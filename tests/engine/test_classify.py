@@ -352,9 +352,10 @@ def test_cli_train_evaluate_predict_on_an_image_folder(tmp_path, capsys, monkeyp
     run = tmp_path / "runs" / "folder"
     monkeypatch.chdir(tmp_path)
 
-    res = cli_in_process(capsys, "evaluate", str(run))
+    res = cli_in_process(capsys, "evaluate", str(run), "--json", str(tmp_path / "copy.json"))
     assert res.returncode == 0, res.stderr
     metrics = json.loads((run / "metrics.json").read_text())
+    assert json.loads((tmp_path / "copy.json").read_text()) == metrics  # --json: the same dict, where asked
     assert f"accuracy {metrics['accuracy']:.3f}" in res.stdout
     # Reference: the model run here on the val images (32x32 = the input: no letterbox change).
     model = keras.saving.load_model(run / "best.keras")
