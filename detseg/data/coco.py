@@ -248,7 +248,7 @@ def decode_instance_masks(sample: Sample) -> np.ndarray:
     return out
 
 
-def _coco_ids(dataset: Dataset) -> list[int]:
+def coco_image_ids(dataset: Dataset) -> list[int]:
     """The samples' own integer ids when they are unique integers, else 1..N."""
     ids = [s.image_id for s in dataset.samples]
     if all(isinstance(i, int) and not isinstance(i, bool) for i in ids) and len(set(ids)) == len(
@@ -276,7 +276,7 @@ def write_coco(
     root = Path(image_dir) if image_dir is not None else dataset.image_dir
     category_ids = dataset.category_ids or list(range(1, dataset.num_classes + 1))
     images, annotations = [], []
-    for image_id, s in zip(_coco_ids(dataset), dataset.samples, strict=True):
+    for image_id, s in zip(coco_image_ids(dataset), dataset.samples, strict=True):
         images.append(
             {
                 "id": image_id,

@@ -28,6 +28,7 @@ from detseg.data import (
     training_loader,
     unletterbox_boxes,
 )
+from detseg.data.coco import coco_image_ids
 from detseg.data.files import write_json
 from detseg.errors import DetsegError
 from detseg.heads import Detector, YoloDetector, build_yolo
@@ -121,11 +122,11 @@ def evaluate_detector(
 
 
 def coco_results(dataset: Dataset, detections: list[dict]) -> list[dict]:
-    """Detections in COCO results format, with the dataset's own image and category ids."""
+    """Detections in COCO results format, with the image and category ids `write_coco` gives
+    the dataset (so `detseg convert --to coco` of the split scores them with `--gt/--dt`)."""
     category_ids = dataset.category_ids or list(range(1, len(dataset.class_names) + 1))
     results = []
-    for index, (sample, found) in enumerate(zip(dataset.samples, detections, strict=True)):
-        image_id = sample.image_id if sample.image_id is not None else index
+    for image_id, found in zip(coco_image_ids(dataset), detections, strict=True):
         for (x1, y1, x2, y2), score, label in zip(found["boxes"], found["scores"], found["labels"], strict=True):
             results.append(
                 {

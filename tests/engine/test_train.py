@@ -126,6 +126,18 @@ def test_run_folder_holds_the_promised_files(tiny_run):
     assert float(rows[-1]["lr"]) == pytest.approx(keras.ops.convert_to_numpy(keras.saving.load_model(run_dir / "last.keras").optimizer.learning_rate))
 
 
+def test_detections_json_scores_against_the_split_written_as_coco(tiny_run, tmp_path):
+    """detections.json carries the ids `write_coco` (`detseg convert --to coco`) gives the split."""
+    from detseg.data import load_split
+    from detseg.data.coco import write_coco
+    from detseg.metrics import evaluate_coco_files
+
+    cfg, run_dir = tiny_run
+    gt = write_coco(load_split(cfg.data, "val"), tmp_path / "val.json")
+    stats = evaluate_coco_files(gt, run_dir / "detections.json")["stats"]
+    assert stats == pytest.approx(json.loads((run_dir / "metrics.json").read_text())["stats"], abs=2e-3)
+
+
 def test_evaluate_reproduces_the_training_report(tiny_run):
     from detseg.engine.evaluate import evaluate_model
 
