@@ -12,12 +12,13 @@ architecture definitions with random weights; nothing is downloaded. Sections:
    pixels of a 640x480 BCCD image), and video fps over the first frames of the clip.
    detseg on Keras, on onnxruntime (the float export `detseg predict` caches) and int8.
 3. COCO evaluation time of detseg, pycocotools and faster-coco-eval on one generated set.
-4. `--accuracy`: each tool trains from scratch on BCCD for `--minutes` of wall clock at 416 px,
-   then all are scored on the test split by detseg's evaluator (pycocotools-identical).
+4. `--sections accuracy`: each tool trains from scratch on BCCD for `--minutes` of wall clock at 416 px,
+   then all are scored on the test split by detseg's evaluator (pycocotools-identical);
+   detseg also through its float32 and int8 ONNX exports (the int8 AP beside float32's).
 Ultralytics runs at its CPU default (cores - 1 torch threads) and at detseg's thread count.
 
     .venv/bin/python benchmarks/bench_peers.py [--quick] [--json OUT] [--peers auto|none]
-        [--backends tensorflow jax] [--accuracy --minutes 15]
+        [--backends tensorflow jax] [--sections speed coco accuracy] [--minutes 15]
 """
 
 from __future__ import annotations
@@ -257,34 +258,70 @@ def coco_rows(images: int) -> list[dict]:
 
 def accuracy_rows(minutes: float, folder: Path, peers: bool, threads: int) -> list[dict]:
     """Each tool trains `minutes` on BCCD at 416 px; the test split is scored by detseg's
-    evaluator (detseg's own run through `detseg evaluate --split test`, a peer's detections
-    against the same split written as COCO ground truth)."""
+    evaluator: detseg's run through `detseg evaluate --split test`, its float32 and int8 ONNX
+    exports and each peer's detections against the same split written as COCO ground truth.
+    Everything stays in `folder` (the trained models, the detections)."""
     from detseg.config import load_config
     from detseg.data import load_split
     from detseg.data.coco import write_coco
-    from detseg.metrics import evaluate_coco_files
 
+    folder.mkdir(parents=True, exist_ok=True)
     test = load_split(load_config(ACCURACY_CONFIG, {"data.root": str(BCCD)}).data, "test")
-    gt_path = write_coco(test, folder / "bccd_test.json")
-    gt = json.loads(gt_path.read_text())
+    gt = json.loads(write_coco(test, folder / "bccd_test.json").read_text())
     detseg_cli = [sys.executable, "-m", "detseg", "-q"]
     subprocess.run(
         [*detseg_cli, "train", str(ACCURACY_CONFIG), "--set", f"data.root={BCCD}", "--set", f"train.time_limit={minutes}",
-         "--set", f"out_dir={folder}", "--set", "name=accuracy"], cwd=REPO, check=True,
+         "--set", f"out_dir={folder}", "--set", "name=detseg"], cwd=REPO, check=True,
     )  # fmt: skip
     metrics = folder / "detseg_test.json"
-    subprocess.run([*detseg_cli, "evaluate", str(folder / "accuracy"), "--split", "test", "--json", str(metrics)], cwd=REPO, check=True)
+    subprocess.run([*detseg_cli, "evaluate", str(folder / "detseg"), "--split", "test", "--json", str(metrics)], cwd=REPO, check=True)
     stats = {"detseg": json.loads(metrics.read_text())["stats"]}
+    stats.update(export_stats(folder / "detseg", test, gt))
     if peers:
         ids = {image["file_name"]: image["id"] for image in gt["images"]}
-        test_images = [[ids[Path(s.image_path).name], str(s.image_path)] for s in test.samples]
-        detections = folder / "ultralytics_test.json"
-        spec = {"data_yaml": str(yolo_layout(folder / "bccd_yolo")), "work": str(folder / "ultralytics"), "threads": threads,
-                "workers": threads, "minutes": minutes, "test_images": test_images, "detections": str(detections)}  # fmt: skip
-        run_worker([str(PEERS_PYTHON), "ultralytics_worker.py", "--spec", json.dumps(spec)])
-        stats["ultralytics"] = evaluate_coco_files(gt, json.loads(detections.read_text()))["stats"]
+        common = {"names": NAMES, "bccd": str(BCCD), "threads": threads, "workers": threads, "minutes": minutes,
+                  "test_images": [[ids[Path(s.image_path).name], str(s.image_path)] for s in test.samples]}  # fmt: skip
+        ultralytics = {**common, "data_yaml": str(yolo_layout(folder / "bccd_yolo")), "work": str(folder / "ultralytics")}
+        for tool, spec in (("ultralytics", ultralytics), ("kerascv", common)):
+            detections = folder / f"{tool}_test.json"
+            run_worker([str(PEERS_PYTHON), f"{tool}_worker.py", "--spec", json.dumps({**spec, "detections": str(detections)})])
+            stats[tool] = _scored(gt, json.loads(detections.read_text()))
     return [{"tool": tool, "section": "accuracy", "minutes": minutes, "AP": v[0], "AP50": v[1], "AP75": v[2]}
             for tool, v in stats.items()]  # fmt: skip
+
+
+def _scored(gt: dict, results: list[dict]) -> list[float]:
+    from detseg.metrics import evaluate_coco_files
+
+    return evaluate_coco_files(gt, results)["stats"]
+
+
+def export_stats(run: Path, test, gt: dict) -> dict[str, list[float]]:
+    """COCO stats of the run's float32 and int8 (`--int8`) ONNX exports on the test split, at
+    the evaluation thresholds (score 0.001, NMS IoU 0.6, 100 per image), through the same
+    predictor `detseg predict best.onnx` uses."""
+    import cv2
+
+    from detseg.config import dump_config, load_config
+    from detseg.engine.export import export
+    from detseg.engine.exported import exported_predictor
+
+    cfg = load_config(run / "config.yaml", {"predict.score_thr": 0.001, "predict.iou_thr": 0.6, "predict.max_det": 100})
+    config = run / "config_eval_thresholds.yaml"
+    dump_config(cfg, config)
+    ids = {image["file_name"]: image["id"] for image in gt["images"]}
+    stats = {}
+    for name, int8 in (("detseg onnxruntime", False), ("detseg onnxruntime int8", True)):
+        predictor = exported_predictor(export(run, "onnx", run / f"eval{'_int8' if int8 else ''}.onnx", config=config, int8=int8))
+        results = []
+        for sample in test.samples:
+            frame = cv2.cvtColor(cv2.imread(str(sample.image_path)), cv2.COLOR_BGR2RGB)
+            (found,) = predictor([frame])
+            for (x1, y1, x2, y2), score, label in zip(found["boxes"].tolist(), found["scores"].tolist(), found["labels"].tolist(), strict=True):
+                results.append({"image_id": ids[Path(sample.image_path).name], "category_id": label + 1,
+                                "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score})  # fmt: skip
+        stats[name] = _scored(gt, results)
+    return stats
 
 
 # === Table ===
@@ -316,8 +353,11 @@ def main() -> None:
     parser.add_argument("--json", help="write every row to this file")
     parser.add_argument("--peers", choices=["auto", "none"], default="auto", help="auto: when .venv-peers exists")
     parser.add_argument("--backends", nargs="+", default=["tensorflow", "jax"], choices=["tensorflow", "jax"])
-    parser.add_argument("--accuracy", action="store_true", help="also train each tool for --minutes on BCCD")
+    parser.add_argument("--sections", nargs="+", default=["speed", "coco"], choices=["speed", "coco", "accuracy"],
+                        help="speed: training, inference and video; coco: evaluation time; accuracy: train each tool --minutes on BCCD")  # fmt: skip
     parser.add_argument("--minutes", type=float, default=15.0)
+    parser.add_argument("--accuracy-dir", type=Path, default=REPO / "runs" / "peers_accuracy",
+                        help="where the accuracy section's models and detections stay")  # fmt: skip
     parser.add_argument("--worker", choices=["detseg"], help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -330,15 +370,17 @@ def main() -> None:
     threads = os.cpu_count() or 1
     peers = args.peers == "auto" and PEERS_PYTHON.exists()
     rows = []
-    for backend in args.backends:
-        command = [sys.executable, str(Path(__file__).resolve()), "--worker", "detseg", "--spec", json.dumps(spec)]
-        rows += run_worker(command, env={"KERAS_BACKEND": backend, "PYTHONPATH": str(REPO)})
-    with tempfile.TemporaryDirectory() as scratch:
+    if "speed" in args.sections:
+        for backend in args.backends:
+            command = [sys.executable, str(Path(__file__).resolve()), "--worker", "detseg", "--spec", json.dumps(spec)]
+            rows += run_worker(command, env={"KERAS_BACKEND": backend, "PYTHONPATH": str(REPO)})
         if peers:
-            rows += peer_rows(spec, Path(scratch), threads)
+            with tempfile.TemporaryDirectory() as scratch:
+                rows += peer_rows(spec, Path(scratch), threads)
+    if "coco" in args.sections:
         rows += coco_rows(spec["coco_images"])
-        if args.accuracy:
-            rows += accuracy_rows(args.minutes, Path(scratch), peers, threads)
+    if "accuracy" in args.sections:
+        rows += accuracy_rows(args.minutes, args.accuracy_dir, peers, threads)
     print_tables(rows)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))

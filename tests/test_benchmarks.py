@@ -80,3 +80,41 @@ def test_bench_peers_quick_with_the_peers(tmp_path, shared_data):
     for tool in ("detseg", "ultralytics", "kerascv"):
         assert {(tool, "train"), (tool, "infer"), (tool, "video")} <= tools
     assert {r["backend"] for r in rows if r["tool"] == "detseg"} == {"tensorflow", "jax"}
+
+
+def test_diagnose_boxes_ap_per_threshold_is_pycocotools_precision(shared_data):
+    """AP at 0.50 and 0.75 are pycocotools' stats[1] and [2]; their mean over the ten is stats[0]."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    folder = shared_data / "coco_val2014_100"
+    gt, dt = folder / "instances_val2014_100.json", folder / "instances_val2014_fakebbox100_results.json"
+    report = _script("diagnose_boxes").ap_by_threshold(gt, dt)
+    coco_gt = COCO(str(gt))
+    reference = COCOeval(coco_gt, coco_gt.loadRes(str(dt)), "bbox")
+    reference.evaluate(), reference.accumulate(), reference.summarize()
+    by_iou = report["AP_at_iou"]
+    assert by_iou["0.50"] == pytest.approx(reference.stats[1], abs=1e-12)
+    assert by_iou["0.75"] == pytest.approx(reference.stats[2], abs=1e-12)
+    assert sum(by_iou.values()) / 10 == pytest.approx(reference.stats[0], abs=1e-12)
+    assert report["AP_small"] == pytest.approx(reference.stats[3], abs=1e-12)
+
+
+def test_diagnose_boxes_tightness_of_a_hand_made_case():
+    """Truth [0, 0, 10, 10] (class 0) and [20, 20, 30, 30] (class 1); detections: class 0 at
+    [0, 0, 10, 8] (IoU 0.8), the second box found only by the wrong class, and a low score."""
+    import numpy as np
+
+    from detseg.data.sample import Dataset, Sample
+
+    sample = Sample("a.jpg", 40, 40, np.array([[0, 0, 10, 10], [20, 20, 30, 30]], np.float32), np.array([0, 1], np.int32))
+    data = Dataset([sample], ["a", "b"])
+    detections = [
+        {"image_id": 7, "category_id": 1, "bbox": [0, 0, 10, 8], "score": 0.9},
+        {"image_id": 7, "category_id": 1, "bbox": [20, 20, 10, 10], "score": 0.9},
+        {"image_id": 7, "category_id": 2, "bbox": [20, 20, 10, 10], "score": 0.1},
+    ]
+    report = _script("diagnose_boxes").tightness(data, [7], detections, score_thr=0.25)
+    assert report["ground_truths"] == 2 and report["recall_at_0.5"] == 0.5
+    assert report["best_iou_quantiles_of_found"]["0.5"] == pytest.approx(0.8)
+    assert report["found_below_0.75"] == 0.0 and report["found_below_0.90"] == 1.0

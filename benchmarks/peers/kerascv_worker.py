@@ -6,13 +6,15 @@ download). Training feeds `fit` the BCCD training images through KerasCV's own a
 layers as its YOLOv8 guide does (random horizontal flip, jittered resize to the square
 input), in a tf.data pipeline. Inference runs the model and KerasCV's decoding (its
 `decode_predictions`: box distribution decode + its NMS) in one `tf.function`: KerasCV 0.9's
-`predict_step` no longer runs under Keras >= 3.10. Prints one JSON line of rows.
+`predict_step` no longer runs under Keras >= 3.10. With `minutes` in the spec it also trains
+on BCCD for that long and writes the test split's detections. Prints one JSON line of rows.
 
     .venv-peers/bin/python benchmarks/peers/kerascv_worker.py --spec SPEC_JSON
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import xml.etree.ElementTree as ET
@@ -100,19 +102,20 @@ def train_row(spec: dict, size: int, batch: int) -> dict:
 
 
 def detector(model: keras.Model, size: int):
-    """RGB frame -> boxes in its pixels: stretch-resize to `size` (KerasCV's own convention),
-    the model, KerasCV's decode + NMS, scale back."""
+    """RGB frame -> (boxes in its pixels, scores, class indices): stretch-resize to `size`
+    (KerasCV's own convention), the model, KerasCV's decode + NMS, scale back."""
 
     @tf.function(reduce_retracing=True)
     def run(images):
         return model.decode_predictions(model(images, training=False), images)
 
-    def call(frame: np.ndarray) -> np.ndarray:
+    def call(frame: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         h, w = frame.shape[:2]
         images = cv2.resize(frame, (size, size))[None].astype(np.float32)
         out = run(tf.constant(images))
         n = int(out["num_detections"][0])
-        return out["boxes"][0, :n].numpy() * np.array([w / size, h / size] * 2, np.float32)
+        boxes = out["boxes"][0, :n].numpy() * np.array([w / size, h / size] * 2, np.float32)
+        return boxes, out["confidence"][0, :n].numpy(), out["classes"][0, :n].numpy()
 
     return call
 
@@ -143,11 +146,47 @@ def video_row(spec: dict, size: int) -> dict:
     return {"section": "video", "size": size, "threads": spec["threads"], "frames": frames, "fps": frames / (time.perf_counter() - start)}
 
 
+class _TimeLimit(keras.callbacks.Callback):
+    """Stops `fit` at the first batch end past `seconds` after `start` (perf_counter)."""
+
+    def __init__(self, start: float, seconds: float):
+        super().__init__()
+        self.start, self.seconds = start, seconds
+
+    def on_train_batch_end(self, batch, logs=None):
+        if time.perf_counter() - self.start >= self.seconds:
+            self.model.stop_training = True
+
+
+def accuracy_row(spec: dict) -> dict:
+    """Train for `minutes` of wall clock at 416 px, batch 16, with the augmentation of
+    `training_data`; then write the test split's detections (COCO results, original pixels;
+    score >= 0.001, NMS IoU 0.6, 100 per image) from the final weights (KerasCV's `fit` keeps
+    no best model) for the parent to score."""
+    start = time.perf_counter()
+    model = build(len(spec["names"]), score_thr=0.001, iou_thr=0.6)
+    data = training_data(spec, 416, 16)
+    steps = len((Path(spec["bccd"]) / "ImageSets" / "Main" / "train.txt").read_text().split()) // 16
+    model.fit(data, epochs=100_000, steps_per_epoch=steps, verbose=0, callbacks=[_TimeLimit(start, spec["minutes"] * 60)])
+    minutes = (time.perf_counter() - start) / 60
+    call = detector(model, 416)
+    results = []
+    for image_id, path in spec["test_images"]:
+        boxes, scores, classes = call(cv2.cvtColor(cv2.imread(path), cv2.COLOR_BGR2RGB))
+        for (x1, y1, x2, y2), score, label in zip(boxes.tolist(), scores.tolist(), classes.tolist(), strict=True):
+            results.append({"image_id": image_id, "category_id": int(label) + 1, "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score})
+    Path(spec["detections"]).write_text(json.dumps(results))
+    return {"section": "accuracy", "threads": spec["threads"], "train_minutes": minutes, "detections": spec["detections"]}
+
+
 def main() -> None:
     spec = spec_from_argv(__doc__)
     tf.config.threading.set_intra_op_parallelism_threads(spec["threads"])
     tf.config.threading.set_inter_op_parallelism_threads(spec["threads"])
-    emit(measure(TOOL, spec, train_row, infer_row, video_row))
+    rows = measure(TOOL, spec, train_row, infer_row, video_row)
+    if spec.get("minutes"):
+        rows.append({"tool": TOOL, **accuracy_row(spec)})
+    emit(rows)
 
 
 if __name__ == "__main__":
