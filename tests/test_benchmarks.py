@@ -80,3 +80,24 @@ def test_bench_peers_quick_with_the_peers(tmp_path, shared_data):
     for tool in ("detseg", "ultralytics", "kerascv"):
         assert {(tool, "train"), (tool, "infer"), (tool, "video")} <= tools
     assert {r["backend"] for r in rows if r["tool"] == "detseg"} == {"tensorflow", "jax"}
+
+
+def test_bench_gpu_quick_reports_every_figure(tmp_path, shared_data):
+    """`bench_gpu.py --quick --json` (a subprocess, as it is run): every figure present and
+    positive, and the fraction of peak is 3 x GFLOPs x img/s over the peak, recomputed here."""
+    if not (shared_data / "bccd").is_dir():
+        pytest.skip(f"{shared_data / 'bccd'} not found")
+    import json
+    import subprocess
+
+    out = tmp_path / "gpu.json"
+    script = REPO_ROOT / "benchmarks" / "bench_gpu.py"
+    command = [sys.executable, str(script), "--quick", "--data", str(shared_data / "bccd"), "--json", str(out)]
+    subprocess.run(command, check=True, cwd=REPO_ROOT)
+    row = json.loads(out.read_text())
+    figures = ("size", "batch", "timed_batches", "img_s", "gflops", "train_tflops", "peak_tflops")
+    assert all(row[key] > 0 for key in (*figures, "fraction_of_peak")), row
+    assert row["device"] and row["backend"] and row["policy"] == "float32"
+    assert (row["size"], row["batch"], row["timed_batches"]) == (128, 2, 3)
+    fraction = 3 * row["gflops"] * 1e9 * row["img_s"] / (row["peak_tflops"] * 1e12)  # FLOP/s over FLOP/s
+    assert row["fraction_of_peak"] == pytest.approx(fraction, rel=1e-9)
