@@ -7,7 +7,8 @@ later). VOC is not shipped: `--data` points the config at a Pascal VOC devkit fo
 BCCD, ../shared/data/bccd) and `--names` gives its classes. Every batch is full (the epoch's
 remainder is dropped). Reported:
 
-- img/s: batch / the median interval between batch ends after 3 warm-up batches (BatchClock);
+- img/s: batch / the median interval between batch ends after 3 warm-up batches (BatchClock;
+  the batch-end callback waits for the step's loss, so an interval is a finished step);
 - GFLOPs per image at the input size (2 x multiply-accumulates, `detseg.flops`);
 - training TFLOP/s implied: 3 x forward FLOPs x img/s (forward, and twice that backward);
 - that as a fraction of the chip's dense bf16 peak (`--peak-tflops`, H200: 989).
@@ -16,7 +17,8 @@ remainder is dropped). Reported:
     python benchmarks/bench_gpu.py --quick [--json OUT]    # seconds on a CPU: checks it runs
 
 `--quick` takes 128 px, batch 2, 3 timed steps, a width-reduced Darknet-53 and float32 (its
-figures mean nothing; it is what the test suite runs).
+figures mean nothing; it is what the test suite runs). Without `--quick` on a machine with no
+GPU or TPU it says so and measures nothing (`make bench` runs every script here).
 """
 
 from __future__ import annotations
@@ -110,7 +112,9 @@ def report(row: dict[str, Any]) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    """Measure and print (and write `--json`); the figures, or None where there is no
+    accelerator to measure."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -130,6 +134,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--set", action="append", default=[], help="config override key=value")
     args = parser.parse_args(argv)
     start_backend_quietly()
+    devices = keras.distribution.list_devices()
+    if not args.quick and all(device.lower().startswith("cpu") for device in devices):
+        print(
+            f"bench_gpu: no accelerator among {devices}; nothing measured (--quick checks the script)"
+        )
+        return None
     overrides = {"data.root": args.data, "data.names": args.names, "model.input_size": args.size,
                  "train.batch_size": args.batch, "train.mixed_precision": True, "name": "bench_gpu"}  # fmt: skip
     if args.quick:
