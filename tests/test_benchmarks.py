@@ -118,3 +118,24 @@ def test_diagnose_boxes_tightness_of_a_hand_made_case():
     assert report["ground_truths"] == 2 and report["recall_at_0.5"] == 0.5
     assert report["best_iou_quantiles_of_found"]["0.5"] == pytest.approx(0.8)
     assert report["found_below_0.75"] == 0.0 and report["found_below_0.90"] == 1.0
+
+
+def test_bench_gpu_quick_reports_every_figure(tmp_path, shared_data):
+    """`bench_gpu.py --quick --json` (a subprocess, as it is run): every figure present and
+    positive, and the fraction of peak is 3 x GFLOPs x img/s over the peak, recomputed here."""
+    if not (shared_data / "bccd").is_dir():
+        pytest.skip(f"{shared_data / 'bccd'} not found")
+    import json
+    import subprocess
+
+    out = tmp_path / "gpu.json"
+    script = REPO_ROOT / "benchmarks" / "bench_gpu.py"
+    command = [sys.executable, str(script), "--quick", "--data", str(shared_data / "bccd"), "--json", str(out)]
+    subprocess.run(command, check=True, cwd=REPO_ROOT)
+    row = json.loads(out.read_text())
+    figures = ("size", "batch", "timed_batches", "img_s", "gflops", "train_tflops", "peak_tflops")
+    assert all(row[key] > 0 for key in (*figures, "fraction_of_peak")), row
+    assert row["device"] and row["backend"] and row["policy"] == "float32"
+    assert (row["size"], row["batch"], row["timed_batches"]) == (128, 2, 3)
+    fraction = 3 * row["gflops"] * 1e9 * row["img_s"] / (row["peak_tflops"] * 1e12)  # FLOP/s over FLOP/s
+    assert row["fraction_of_peak"] == pytest.approx(fraction, rel=1e-9)
