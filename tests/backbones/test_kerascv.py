@@ -104,3 +104,11 @@ def test_yolo_on_kerascv_trains_a_step_and_round_trips(keras_cv, tmp_path):
     assert set(raw) == set(model.levels)
     for level in raw:
         np.testing.assert_array_equal(raw[level], raw_loaded[level], err_msg=level)
+
+
+def test_unet_on_kerascv_decodes_its_three_levels_to_full_resolution(keras_cv):
+    from detseg.heads.unet import build_unet
+
+    model = build_unet(2, backbone="kerascv:resnet18", input_shape=(SIZE, SIZE, 3))
+    assert model.levels == LEVELS
+    assert tuple(model(np.zeros((1, SIZE, SIZE, 3), np.float32)).shape) == (1, SIZE, SIZE, 2)
