@@ -9,7 +9,7 @@ file of a detector on one loads in safe mode, with or without keras-cv installed
 The keras-cv model is built with `include_rescaling=False` on detseg's `image_input`, whose
 `PIXELS_LAYER` already scales the 0..255 pixels to 0..1 (what `include_rescaling=True` would
 do): the pixels are scaled once. P3/P4/P5 are the layers keras-cv names in
-`pyramid_level_inputs`.
+`pyramid_level_inputs`, enough for the YOLO head and for the U-Net (which upsamples from P3).
 """
 
 import os

@@ -95,7 +95,7 @@ def test_yolo_on_kerascv_trains_a_step_and_round_trips(keras_cv, tmp_path):
     before = [w.copy() for w in model.get_weights()]
     loss = model.train_on_batch(images, targets, return_dict=True)["loss"]
     assert np.isfinite(loss)
-    assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights(), strict=True))
 
     model.save(tmp_path / "yolo.keras")
     loaded = keras.saving.load_model(tmp_path / "yolo.keras")  # safe mode: core layers only
