@@ -80,6 +80,18 @@ def test_levels_match_feature_info_and_keras_cv_on_raw_pixels(keras_cv):
         np.testing.assert_allclose(got[level], want[level], rtol=1e-5, atol=1e-5, err_msg=level)
 
 
+def test_a_local_weights_file_loads(keras_cv, tmp_path):
+    keras.utils.set_random_seed(0)
+    saved = get_backbone("kerascv:yolo_v8_xs", (SIZE, SIZE, 3))
+    saved.save_weights(tmp_path / "backbone.weights.h5")
+    keras.utils.set_random_seed(1)
+    loaded = get_backbone("kerascv:yolo_v8_xs", (SIZE, SIZE, 3), weights=tmp_path / "backbone.weights.h5")
+    pixels = np.random.default_rng(0).integers(0, 256, (1, SIZE, SIZE, 3)).astype(np.float32)
+    want, got = saved.predict(pixels, verbose=0), loaded.predict(pixels, verbose=0)
+    for level in LEVELS:
+        np.testing.assert_array_equal(got[level], want[level], err_msg=level)
+
+
 def test_yolo_on_kerascv_trains_a_step_and_round_trips(keras_cv, tmp_path):
     from detseg.heads import build_yolo
 
