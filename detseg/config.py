@@ -233,7 +233,7 @@ class _ModelSection(_Section):
     """Fields every model kind has: the backbone, its weights and the input size."""
 
     backbone: str = Field(
-        "darknet_tiny", description="Backbone name from detseg.backbones.BACKBONES, or 'applications:<name>'."
+        "darknet_tiny", description="Backbone name from detseg.backbones.BACKBONES, 'applications:<name>' or 'kerascv:<name>'."
     )
     backbone_width: float = Field(1.0, gt=0, description="Channel multiplier of the backbone, where it has one.")
     weights: str | None = Field(
@@ -338,7 +338,7 @@ class SegmenterModelConfig(_ModelSection):
         "unet",
         description=(
             "Encoder: 'unet' (the paper's double-conv + max-pool path), a detseg.backbones name, "
-            "or 'applications:<name>'."
+            "'applications:<name>' or 'kerascv:<name>'."
         ),
     )
     unet: UNetConfig = Field(default_factory=UNetConfig, description="U-Net decoder and loss options.")

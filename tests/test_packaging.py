@@ -34,7 +34,7 @@ def declared_requirements(extra: str | None = None) -> set[str]:
 def test_every_import_is_a_declared_dependency():
     module_to_dists = importlib.metadata.packages_distributions()
     runtime = declared_requirements()
-    optional = declared_requirements("onnx") | declared_requirements("jax")
+    optional = declared_requirements("onnx") | declared_requirements("jax") | declared_requirements("kerascv")
     missing = {}
     for module in imported_top_level_modules():
         dists = {d.lower().replace("_", "-") for d in module_to_dists.get(module, [module])}
