@@ -15,7 +15,8 @@ model is evaluated on one device.
 Crash safety: every run-folder file is written under a temporary name and renamed
 (`detseg.atomic`), last.keras before the epoch's history.csv row, so a run killed at any moment
 resumes (`train.resume: true`) from its last completed epoch with the optimizer state, and its
-history lists every epoch once. Ctrl-C saves last.keras as it is before the CLI exits 130.
+history lists every epoch once. Ctrl-C saves last.keras as it is before the CLI exits 130
+(with `train.ema`, last.keras keeps the last completed epoch).
 """
 
 from __future__ import annotations
@@ -201,12 +202,14 @@ class EMAWeights(keras.callbacks.SwapEMAWeights):
         the model's weights."""
         self._ema_weights_in_model = resumed_from_file
 
-    def average_into_model(self) -> None:
-        """Put the average in the model, as the saved files hold it (the raw weights into the
-        optimizer); nothing to do when it is there or the optimizer has taken no step yet."""
-        if not self._ema_weights_in_model and self.model.optimizer.built:
-            self._swap_variables()
-            self._ema_weights_in_model = True
+    def _backend_finalize_ema_values(self, optimizer: keras.optimizers.Optimizer) -> None:
+        """After the last epoch, the averages take the model's values (Keras's, with copies:
+        Keras assigns the weights' own arrays, which a later JAX `predict` donates and deletes,
+        the averages with them)."""
+        for weights, average in zip(
+            optimizer._trainable_variables, optimizer._model_variables_moving_average, strict=True
+        ):
+            average.assign(keras.ops.convert_to_numpy(weights))
 
 
 class Checkpoint(keras.callbacks.Callback):
@@ -416,23 +419,20 @@ def _holds_its_state(model: keras.Model) -> bool:
     return all(v._value is not None for v in variables)
 
 
-def _save_interrupted(
-    model: keras.Model, run_dir: Path, resumed: bool, started: float, ema: EMAWeights | None
-) -> None:
-    """On Ctrl-C, save the model as it is to last.keras (with `ema`, the average as its weights,
-    like every saved file). A model without its state (JAX, in a first step: `_holds_its_state`)
-    has trained nothing since last.keras was written, by this run (after `started`) or by the
-    run it resumes, and last.keras is kept."""
+def _save_interrupted(model: keras.Model, run_dir: Path, resumed: bool, started: float, ema: bool) -> None:
+    """On Ctrl-C, save the model as it is to last.keras. A model without its state (JAX, in a
+    first step: `_holds_its_state`) has trained nothing since last.keras was written, by this
+    run (after `started`) or by the run it resumes, and last.keras is kept. With `ema` too,
+    last.keras of the last completed epoch is kept: JAX's `fit`, interrupted, replaces the raw
+    weights by their average (TensorFlow's does not), and a resume needs both."""
     last = run_dir / "last.keras"
-    if _holds_its_state(model):
-        if ema is not None:
-            ema.average_into_model()
+    if not ema and _holds_its_state(model):
         save_model(model, last)
         done = "saved"
     elif last.is_file() and (resumed or last.stat().st_mtime >= started):
-        done = "holds the model as it is"
+        done = "holds the last completed epoch" if ema else "holds the model as it is"
     else:
-        log.warning("interrupted in the first training step: nothing to resume")
+        log.warning("interrupted before a model was saved: nothing to resume")
         return
     log.warning(
         "interrupted after %d complete epoch(s): %s %s; continue with --set train.resume=true",
@@ -447,8 +447,9 @@ def train(cfg: Config, *, callbacks: Sequence[keras.callbacks.Callback] = (), un
 
     `callbacks` are added to Keras's `fit` in every phase (e.g. to watch the frozen phase).
     `unsafe` lets a resumed run load a `last.keras` holding Python code (`load_model`).
-    Ctrl-C (KeyboardInterrupt) saves the model as it is to `last.keras` and is raised again:
-    `train.resume: true` continues from there, with the optimizer state.
+    Ctrl-C (KeyboardInterrupt) saves the model as it is to `last.keras` (with `train.ema`, keeps
+    the last completed epoch's) and is raised again: `train.resume: true` continues from there,
+    with the optimizer state.
     """
     started = time.time()
     task = task_for(cfg)
@@ -479,7 +480,7 @@ def train(cfg: Config, *, callbacks: Sequence[keras.callbacks.Callback] = (), un
     try:
         _fit_phases(cfg, task, model, loader, initial_epoch, fit_callbacks, budget, ema, place)
     except KeyboardInterrupt:
-        _save_interrupted(model, run_dir, cfg.train.resume, started, ema)
+        _save_interrupted(model, run_dir, cfg.train.resume, started, cfg.train.ema)
         raise
 
     plot_training_curves(read_history(run_dir), run_dir / "plots" / "curves.png")

@@ -88,9 +88,9 @@ class Interrupt(keras.callbacks.Callback):
 
 @pytest.mark.jax
 def test_a_run_interrupted_and_resumed_trains_as_one_run(tmp_path, monkeypatch):
-    # Interrupted when the first epoch's callbacks have already put the raw weights back in the
-    # model: last.keras is saved with the average as its weights, like every saved file, and
-    # the resumed run trains on from the raw weights its optimizer state holds.
+    # Interrupted when the second epoch's first callback has put the raw weights back in the
+    # model: last.keras of the first epoch is kept (the average as its weights, the raw ones in
+    # its optimizer state), and the resumed run trains on from the raw weights.
     task = TASKS["yolov3"]
     monkeypatch.setattr(type(task), "validate", lambda self, cfg, model, val_data: {task.monitor: 0.0})
     straight = trainable(keras.saving.load_model(train(ema_config(tmp_path / "a", epochs=3)) / "last.keras"))
@@ -100,3 +100,13 @@ def test_a_run_interrupted_and_resumed_trains_as_one_run(tmp_path, monkeypatch):
     resumed = trainable(keras.saving.load_model(resumed_dir / "last.keras"))
     for a, b in zip(straight, resumed, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "nadam", "sgd"])
+def test_every_optimiser_keeps_the_configured_average(name):
+    from detseg.engine.train import make_optimizer
+
+    on = load_config(None, {"train.optimizer": name, "train.ema": True, "train.ema_decay": 0.99})
+    optimizer = make_optimizer(on.train, steps_per_epoch=10)
+    assert optimizer.use_ema and optimizer.ema_momentum == pytest.approx(0.99)
+    assert not make_optimizer(load_config(None, {"train.optimizer": name}).train, steps_per_epoch=10).use_ema
