@@ -24,16 +24,18 @@ class RawWeights(keras.callbacks.Callback):
     def __init__(self):
         super().__init__()
         self.steps: list[list[np.ndarray]] = []
+        self.every_weight: list[list[np.ndarray]] = []  # all the weights, the frozen ones included
 
     def on_train_batch_end(self, batch, logs=None):
         if hasattr(self.model, "jax_state_sync"):  # JAX keeps the state out of the model in a fit
             self.model.jax_state_sync()
-        self.steps.append([keras.ops.convert_to_numpy(v) for v in self.model.trainable_variables])
+        self.steps.append(trainable(self.model))
+        self.every_weight.append(self.model.get_weights())
 
 
-def ema_config(tmp_path, epochs: int, resume: bool = False):
+def ema_config(tmp_path, epochs: int, resume: bool = False, **train_options):
     raw = detector_config(tmp_path)
-    train_cfg = {**raw["train"], "epochs": epochs, "schedule": "constant", "optimizer": "sgd", "lr": 0.01}
+    train_cfg = {**raw["train"], "epochs": epochs, "schedule": "constant", "optimizer": "sgd", "lr": 0.01, **train_options}
     return load_config(None, {**raw, "train": {**train_cfg, "ema": True, "ema_decay": DECAY, "resume": resume}})
 
 
@@ -110,3 +112,25 @@ def test_every_optimiser_keeps_the_configured_average(name):
     optimizer = make_optimizer(on.train, steps_per_epoch=10)
     assert optimizer.use_ema and optimizer.ema_momentum == pytest.approx(0.99)
     assert not make_optimizer(load_config(None, {"train.optimizer": name}).train, steps_per_epoch=10).use_ema
+
+
+@pytest.mark.jax
+def test_a_fine_tuning_phase_starts_from_the_average_of_the_frozen_phase(tmp_path, monkeypatch):
+    # The frozen phase's last epoch leaves its average in the model; the fine-tuning phase's
+    # new optimizer starts its own average there (not at its zero-initialised averages).
+    task = TASKS["yolov3"]
+    validated = []
+
+    def scripted(self, cfg, model, val_data):
+        validated.append(model.get_weights())
+        return {task.monitor: 0.0}
+
+    monkeypatch.setattr(type(task), "validate", scripted)
+    raw = RawWeights()
+    run_dir = train(ema_config(tmp_path, epochs=2, freeze_backbone_epochs=1), callbacks=[raw])
+    frozen_average, first_fine_tuned = validated[0], raw.every_weight[len(raw.steps) // 2]
+    moved = np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(first_fine_tuned, frozen_average, strict=True)))
+    size = np.sqrt(sum(np.sum(a**2) for a in frozen_average))
+    assert moved < 0.1 * size  # one step of lr 0.01 away
+    for got, seen in zip(keras.saving.load_model(run_dir / "last.keras").get_weights(), validated[1], strict=True):
+        np.testing.assert_array_equal(got, seen)
