@@ -289,7 +289,9 @@ class HistoryLog(keras.callbacks.Callback):
 
 def _resume_or_build(cfg: Config, task: Task, num_classes: int, unsafe: bool) -> tuple[keras.Model, int]:
     """The model to train and the epoch to start at: `last.keras` and the epochs in
-    history.csv when resuming, else a new model at epoch 0."""
+    history.csv when resuming, else a new model at epoch 0. A last.keras trained with another
+    `train.ema` is refused: with it, the model's weights are the average and the raw ones are in
+    its optimizer."""
     run_dir = cfg.run_dir
     if not cfg.train.resume:
         return task.build_model(cfg, num_classes), 0
@@ -298,7 +300,15 @@ def _resume_or_build(cfg: Config, task: Task, num_classes: int, unsafe: bool) ->
         raise DetsegError("train.resume is set but there is no last.keras to resume from", run_dir)
     initial_epoch = completed_epochs(run_dir)
     log.info("resuming from %s at epoch %d", last, initial_epoch + 1)
-    return load_model(last, task, unsafe=unsafe), initial_epoch
+    model = load_model(last, task, unsafe=unsafe)
+    optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)  # under loss scaling
+    if optimizer is not None and optimizer.use_ema != cfg.train.ema:
+        raise DetsegError(
+            f"train.ema is {str(cfg.train.ema).lower()} but this last.keras was trained with "
+            f"train.ema: {str(optimizer.use_ema).lower()}; resume with the setting it was trained with",
+            last,
+        )
+    return model, initial_epoch
 
 
 def _callbacks(
@@ -310,8 +320,8 @@ def _callbacks(
     place: Placement,
 ) -> list[keras.callbacks.Callback]:
     """Evaluation, then the checkpoints that read its numbers; `best.keras` is replaced only by
-    a better score than any logged so far, also on the first epoch after a resume. With `ema`,
-    first of all, every later one sees the averaged weights at the end of an epoch."""
+    a better score than any logged so far, also on the first epoch after a resume. `ema` comes
+    first, so that every later callback sees the averaged weights at the end of an epoch."""
     run_dir = cfg.run_dir
 
     def validate(model: keras.Model) -> dict[str, float]:

@@ -11,6 +11,7 @@ import pytest
 
 from detseg.config import load_config
 from detseg.engine.train import train
+from detseg.errors import DetsegError
 from detseg.tasks import TASKS
 from tests.engine.test_resume import detector_config
 
@@ -35,8 +36,9 @@ class RawWeights(keras.callbacks.Callback):
 
 def ema_config(tmp_path, epochs: int, resume: bool = False, **train_options):
     raw = detector_config(tmp_path)
-    train_cfg = {**raw["train"], "epochs": epochs, "schedule": "constant", "optimizer": "sgd", "lr": 0.01, **train_options}
-    return load_config(None, {**raw, "train": {**train_cfg, "ema": True, "ema_decay": DECAY, "resume": resume}})
+    train_cfg = {**raw["train"], "epochs": epochs, "schedule": "constant", "optimizer": "sgd", "lr": 0.01}
+    options = {"ema": True, "ema_decay": DECAY, "resume": resume, **train_options}
+    return load_config(None, {**raw, "train": {**train_cfg, **options}})
 
 
 def trainable(model: keras.Model) -> list[np.ndarray]:
@@ -134,3 +136,12 @@ def test_a_fine_tuning_phase_starts_from_the_average_of_the_frozen_phase(tmp_pat
     assert moved < 0.1 * size  # one step of lr 0.01 away
     for got, seen in zip(keras.saving.load_model(run_dir / "last.keras").get_weights(), validated[1], strict=True):
         np.testing.assert_array_equal(got, seen)
+
+
+def test_a_run_resumed_with_another_ema_setting_is_refused(tmp_path, monkeypatch):
+    task = TASKS["yolov3"]
+    monkeypatch.setattr(type(task), "validate", lambda self, cfg, model, val_data: {task.monitor: 0.0})
+    train(ema_config(tmp_path, epochs=1))
+    without = ema_config(tmp_path, epochs=2, resume=True, ema=False)
+    with pytest.raises(DetsegError, match="train.ema is false but this last.keras was trained with train.ema: true"):
+        train(without)
