@@ -209,6 +209,14 @@ class YoloConfig(_Section):
     obj_weight: float = Field(1.0, ge=0, description="Weight of the objectness loss.")
     cls_weight: float = Field(1.0, ge=0, description="Weight of the classification loss.")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="Class label smoothing.")
+    objectness_target: Literal["one", "iou"] = Field(
+        "one",
+        description=(
+            "Objectness target of the assigned anchors: one (YOLOv3), or iou: the IoU of the decoded "
+            "predicted box with its ground truth (no gradient through it), so the score ranks boxes by "
+            "how tight they are."
+        ),
+    )
 
 
 # Keys of other sections, in groups, for the `unused` lists of the model kinds below.
@@ -581,6 +589,24 @@ class TrainConfig(_Section):
         ),
     )
     resume: bool = Field(False, description="Continue from the run folder's last.keras.")
+    ema: bool = Field(
+        False,
+        description=(
+            "Keep an exponential moving average of the trainable weights (the optimizer's use_ema) and "
+            "validate, choose and save best.keras / last.keras with it; training itself continues on "
+            "the raw weights, which last.keras keeps in its optimizer state for a resume (every model kind)."
+        ),
+    )
+    ema_decay: float = Field(
+        0.999,
+        ge=0,
+        lt=1,
+        description=(
+            "Keras's ema_momentum with train.ema: average = decay * average + (1 - decay) * weights after "
+            "every step, so the average spans about 1 / (1 - decay) steps (1000 at 0.999: a few epochs of "
+            "a small dataset, short beside a run's length; lower it for runs of few steps)."
+        ),
+    )
     freeze_backbone_epochs: int = Field(
         0,
         ge=0,

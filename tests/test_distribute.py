@@ -102,6 +102,8 @@ whole_logged = float(model.box_loss_tracker.result())
 model.box_loss_tracker.reset_state()
 strategy.run(tf.function(yolo_step), args=(split(images), split(targets)))
 out["yolo_logged"] = [whole_logged, float(model.box_loss_tracker.result())]
+model.objectness_target = "iou"  # the IoU-aware objectness keeps the per-image sums
+out["yolo_iou"] = whole_and_split(yolo_step, images, targets)
 
 # A classifier's weighted mean: weights 1 + 3 in the first half, 0.5 + 0 in the second.
 with strategy.scope():
@@ -163,9 +165,10 @@ def test_yolo_loss_of_a_split_batch_is_the_whole_batch_loss(split_losses):
     # would sum without rescaling a model's own compute_loss, gives (a + b) / 2 + (c + d) / 2:
     # twice the loss and twice the gradient. A per-replica normalisation by positives would give
     # (a + b) / 3 + (c + d) / 1 instead of (a + b + c + d) / 4: wrong unless (a + b) = 3 (c + d).
-    whole, summed, whole_grad, summed_grad = split_losses["yolo"]
-    assert summed == pytest.approx(whole, rel=1e-5)
-    assert summed_grad == pytest.approx(whole_grad, rel=1e-4, abs=1e-6)
+    for key in ("yolo", "yolo_iou"):  # objectness_target one, iou
+        whole, summed, whole_grad, summed_grad = split_losses[key]
+        assert summed == pytest.approx(whole, rel=1e-5)
+        assert summed_grad == pytest.approx(whole_grad, rel=1e-4, abs=1e-6)
     # the logged box loss is the batch's too (each replica logs its mean per image, weighted by its images)
     logged_whole, logged_split = split_losses["yolo_logged"]
     assert logged_split == pytest.approx(logged_whole, rel=1e-5)

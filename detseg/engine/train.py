@@ -15,7 +15,8 @@ model is evaluated on one device.
 Crash safety: every run-folder file is written under a temporary name and renamed
 (`detseg.atomic`), last.keras before the epoch's history.csv row, so a run killed at any moment
 resumes (`train.resume: true`) from its last completed epoch with the optimizer state, and its
-history lists every epoch once. Ctrl-C saves last.keras as it is before the CLI exits 130.
+history lists every epoch once. Ctrl-C saves last.keras as it is before the CLI exits 130
+(with `train.ema`, last.keras keeps the last completed epoch).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from detseg.tasks import Task, task_for
 
 __all__ = [
     "Checkpoint",
+    "EMAWeights",
     "GalleryLog",
     "HistoryLog",
     "LearningRateLog",
@@ -89,13 +91,16 @@ def make_optimizer(train_cfg: TrainConfig, steps_per_epoch: int) -> keras.optimi
         lr = keras.optimizers.schedules.PiecewiseConstantDecay([warmup], [train_cfg.lr / 10, train_cfg.lr])
     else:
         lr = train_cfg.lr
+    ema = {"use_ema": train_cfg.ema, "ema_momentum": train_cfg.ema_decay}
     if train_cfg.optimizer == "sgd":
-        return keras.optimizers.SGD(lr, momentum=train_cfg.momentum, nesterov=True, weight_decay=train_cfg.weight_decay)
+        return keras.optimizers.SGD(
+            lr, momentum=train_cfg.momentum, nesterov=True, weight_decay=train_cfg.weight_decay, **ema
+        )
     if train_cfg.optimizer == "adam":
-        return keras.optimizers.Adam(lr)
+        return keras.optimizers.Adam(lr, **ema)
     if train_cfg.optimizer == "nadam":
-        return keras.optimizers.Nadam(lr)
-    return keras.optimizers.AdamW(lr, weight_decay=train_cfg.weight_decay)
+        return keras.optimizers.Nadam(lr, **ema)
+    return keras.optimizers.AdamW(lr, weight_decay=train_cfg.weight_decay, **ema)
 
 
 class TimeBudgetSchedule(keras.callbacks.Callback):
@@ -175,6 +180,38 @@ def training_phases(train_cfg: TrainConfig) -> list[tuple[int, int, bool, TrainC
 # === Run-folder callbacks ===
 
 
+class EMAWeights(keras.callbacks.SwapEMAWeights):
+    """With `train.ema`: from the end of every epoch to the start of the next the model holds the
+    optimizer's moving average of its weights and the optimizer the raw weights (Keras's
+    `SwapEMAWeights(swap_on_epoch=True)`), so the callbacks after this one (validation,
+    best.keras, last.keras, the gallery) see the averaged weights and training goes on with the
+    raw ones. A saved file therefore holds the average as the model's weights (what predict and
+    export use) and the raw weights in its optimizer state. After the last epoch of a `fit` both
+    hold the average: a following phase starts from it with a fresh average.
+
+    `start_phase` says, before each `fit`, whether the model holds the average at its start:
+    a phase resumed part-way from last.keras with its optimizer (swapped back at the first epoch).
+    """
+
+    def __init__(self):
+        super().__init__(swap_on_epoch=True)
+
+    def start_phase(self, resumed_from_file: bool) -> None:
+        """Before a `fit`: `resumed_from_file` when the model and its optimizer come from a saved
+        file part-way through this phase; else the optimizer is new and its average starts at
+        the model's weights."""
+        self._ema_weights_in_model = resumed_from_file
+
+    def _backend_finalize_ema_values(self, optimizer: keras.optimizers.Optimizer) -> None:
+        """After the last epoch, the averages take the model's values (Keras's, with copies:
+        Keras assigns the weights' own arrays, which a later JAX `predict` donates and deletes,
+        the averages with them)."""
+        for weights, average in zip(
+            optimizer._trainable_variables, optimizer._model_variables_moving_average, strict=True
+        ):
+            average.assign(keras.ops.convert_to_numpy(weights))
+
+
 class Checkpoint(keras.callbacks.Callback):
     """Save the model (with its optimizer state) to `path` at the end of every epoch, atomically.
 
@@ -252,7 +289,9 @@ class HistoryLog(keras.callbacks.Callback):
 
 def _resume_or_build(cfg: Config, task: Task, num_classes: int, unsafe: bool) -> tuple[keras.Model, int]:
     """The model to train and the epoch to start at: `last.keras` and the epochs in
-    history.csv when resuming, else a new model at epoch 0."""
+    history.csv when resuming, else a new model at epoch 0. A last.keras trained with another
+    `train.ema` is refused: with it, the model's weights are the average and the raw ones are in
+    its optimizer."""
     run_dir = cfg.run_dir
     if not cfg.train.resume:
         return task.build_model(cfg, num_classes), 0
@@ -261,14 +300,28 @@ def _resume_or_build(cfg: Config, task: Task, num_classes: int, unsafe: bool) ->
         raise DetsegError("train.resume is set but there is no last.keras to resume from", run_dir)
     initial_epoch = completed_epochs(run_dir)
     log.info("resuming from %s at epoch %d", last, initial_epoch + 1)
-    return load_model(last, task, unsafe=unsafe), initial_epoch
+    model = load_model(last, task, unsafe=unsafe)
+    optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)  # under loss scaling
+    if optimizer is not None and optimizer.use_ema != cfg.train.ema:
+        raise DetsegError(
+            f"train.ema is {str(cfg.train.ema).lower()} but this last.keras was trained with "
+            f"train.ema: {str(optimizer.use_ema).lower()}; resume with the setting it was trained with",
+            last,
+        )
+    return model, initial_epoch
 
 
 def _callbacks(
-    cfg: Config, task: Task, val_data: Any, budget: TimeBudgetSchedule | None, place: Placement
+    cfg: Config,
+    task: Task,
+    val_data: Any,
+    budget: TimeBudgetSchedule | None,
+    ema: EMAWeights | None,
+    place: Placement,
 ) -> list[keras.callbacks.Callback]:
     """Evaluation, then the checkpoints that read its numbers; `best.keras` is replaced only by
-    a better score than any logged so far, also on the first epoch after a resume."""
+    a better score than any logged so far, also on the first epoch after a resume. `ema` comes
+    first, so that every later callback sees the averaged weights at the end of an epoch."""
     run_dir = cfg.run_dir
 
     def validate(model: keras.Model) -> dict[str, float]:
@@ -294,6 +347,8 @@ def _callbacks(
         callbacks.append(GalleryLog(draw, cfg.train.gallery_every, cfg.train.epochs, run_dir, images))
     if budget is not None:  # it sets the learning rate before any batch and logs the minutes
         callbacks.insert(0, budget)
+    if ema is not None:
+        callbacks.insert(0, ema)
     return callbacks
 
 
@@ -322,6 +377,7 @@ def _fit_phases(
     initial_epoch: int,
     callbacks: list,
     budget: TimeBudgetSchedule | None,
+    ema: EMAWeights | None,
     place: Placement,
 ) -> None:
     """Fit each training phase from `initial_epoch` on, until the epochs or the time run out,
@@ -333,7 +389,10 @@ def _fit_phases(
             log.info("the time budget of %.1f min is spent", cfg.train.time_limit)
             return
         first = max(start, initial_epoch)
-        if not (cfg.train.resume and start < initial_epoch):  # a phase resumed part-way keeps its optimizer
+        part_way = cfg.train.resume and start < initial_epoch
+        if ema is not None:
+            ema.start_phase(resumed_from_file=part_way)
+        if not part_way:  # a phase resumed part-way keeps its optimizer
             if cfg.train.freeze_backbone_epochs:
                 task.backbone(model).trainable = not frozen
             # Under a time limit the learning rate is set from the clock (TimeBudgetSchedule).
@@ -370,18 +429,20 @@ def _holds_its_state(model: keras.Model) -> bool:
     return all(v._value is not None for v in variables)
 
 
-def _save_interrupted(model: keras.Model, run_dir: Path, resumed: bool, started: float) -> None:
+def _save_interrupted(model: keras.Model, run_dir: Path, resumed: bool, started: float, ema: bool) -> None:
     """On Ctrl-C, save the model as it is to last.keras. A model without its state (JAX, in a
     first step: `_holds_its_state`) has trained nothing since last.keras was written, by this
-    run (after `started`) or by the run it resumes, and last.keras is kept."""
+    run (after `started`) or by the run it resumes, and last.keras is kept. With `ema` too,
+    last.keras of the last completed epoch is kept: JAX's `fit`, interrupted, replaces the raw
+    weights by their average (TensorFlow's does not), and a resume needs both."""
     last = run_dir / "last.keras"
-    if _holds_its_state(model):
+    if not ema and _holds_its_state(model):
         save_model(model, last)
         done = "saved"
     elif last.is_file() and (resumed or last.stat().st_mtime >= started):
-        done = "holds the model as it is"
+        done = "holds the last completed epoch" if ema else "holds the model as it is"
     else:
-        log.warning("interrupted in the first training step: nothing to resume")
+        log.warning("interrupted before a model was saved: nothing to resume")
         return
     log.warning(
         "interrupted after %d complete epoch(s): %s %s; continue with --set train.resume=true",
@@ -396,8 +457,9 @@ def train(cfg: Config, *, callbacks: Sequence[keras.callbacks.Callback] = (), un
 
     `callbacks` are added to Keras's `fit` in every phase (e.g. to watch the frozen phase).
     `unsafe` lets a resumed run load a `last.keras` holding Python code (`load_model`).
-    Ctrl-C (KeyboardInterrupt) saves the model as it is to `last.keras` and is raised again:
-    `train.resume: true` continues from there, with the optimizer state.
+    Ctrl-C (KeyboardInterrupt) saves the model as it is to `last.keras` (with `train.ema`, keeps
+    the last completed epoch's) and is raised again: `train.resume: true` continues from there,
+    with the optimizer state.
     """
     started = time.time()
     task = task_for(cfg)
@@ -423,11 +485,12 @@ def train(cfg: Config, *, callbacks: Sequence[keras.callbacks.Callback] = (), un
     if place.replicas > 1:
         loader.drop_remainder(place.replicas)
     budget = _time_budget(cfg)
-    fit_callbacks = [*_callbacks(cfg, task, val_data, budget, place), *callbacks]
+    ema = EMAWeights() if cfg.train.ema else None
+    fit_callbacks = [*_callbacks(cfg, task, val_data, budget, ema, place), *callbacks]
     try:
-        _fit_phases(cfg, task, model, loader, initial_epoch, fit_callbacks, budget, place)
+        _fit_phases(cfg, task, model, loader, initial_epoch, fit_callbacks, budget, ema, place)
     except KeyboardInterrupt:
-        _save_interrupted(model, run_dir, cfg.train.resume, started)
+        _save_interrupted(model, run_dir, cfg.train.resume, started, cfg.train.ema)
         raise
 
     plot_training_curves(read_history(run_dir), run_dir / "plots" / "curves.png")

@@ -25,7 +25,7 @@ from detseg.distribute import cross_replica_sum, replicas_in_sync
 from detseg.errors import DetsegError
 from detseg.heads.decoded import DecodedPredictions
 from detseg.heads.yolo_decode import DEFAULT_SCALE_XY, decode_candidates, nms_padded
-from detseg.heads.yolo_loss import BOX_LOSSES, yolo_loss_terms
+from detseg.heads.yolo_loss import BOX_LOSSES, OBJECTNESS_TARGETS, yolo_loss_terms
 from detseg.heads.yolo_targets import YoloTargetEncoder, check_anchors, level_stride
 from detseg.layers.conv import conv_bn_act
 
@@ -76,8 +76,9 @@ class YoloDetector(DecodedPredictions, keras.Model):
             IoU with it exceeds this (0: best only); `max_boxes`: most boxes per image the
             targets hold. Both configure `make_target_encoder()`, so a saved model says how
             it was trained.
-        ignore_thresh, box_loss, box_weight, obj_weight, cls_weight, label_smoothing: the loss
-            (`yolo_loss`); box_loss is one of "yolov3", "ciou", "giou".
+        ignore_thresh, box_loss, box_weight, obj_weight, cls_weight, label_smoothing,
+            objectness_target: the loss (`yolo_loss`); box_loss is one of "yolov3", "ciou",
+            "giou", objectness_target "one" or "iou".
         score_thr, iou_thr, max_det, agnostic_nms: post-processing of `predict()`.
         pre_nms_topk: (box, class) candidates kept for NMS.
         scale_xy: grid-sensitivity factor of the centre offsets (`yolo_decode`).
@@ -100,6 +101,7 @@ class YoloDetector(DecodedPredictions, keras.Model):
         obj_weight: float = 1.0,
         cls_weight: float = 1.0,
         label_smoothing: float = 0.0,
+        objectness_target: str = "one",
         score_thr: float = 0.001,
         iou_thr: float = 0.6,
         max_det: int = 100,
@@ -128,6 +130,10 @@ class YoloDetector(DecodedPredictions, keras.Model):
             raise DetsegError(
                 f"need num_classes >= 1, box_loss in {BOX_LOSSES}, depth >= 1 and width > 0; got "
                 f"num_classes={num_classes}, box_loss={box_loss!r}, depth={depth}, width={width}"
+            )
+        if objectness_target not in OBJECTNESS_TARGETS:
+            raise DetsegError(
+                f"objectness_target must be one of {OBJECTNESS_TARGETS}, got {objectness_target!r}"
             )
         if not 0.0 <= assign_thresh <= 1.0 or max_boxes < 1:
             raise DetsegError(
@@ -182,6 +188,7 @@ class YoloDetector(DecodedPredictions, keras.Model):
         self.obj_weight = float(obj_weight)
         self.cls_weight = float(cls_weight)
         self.label_smoothing = float(label_smoothing)
+        self.objectness_target = objectness_target
         self.score_thr = float(score_thr)
         self.iou_thr = float(iou_thr)
         self.max_det = int(max_det)
@@ -229,6 +236,7 @@ class YoloDetector(DecodedPredictions, keras.Model):
             box_loss=self.box_loss,
             label_smoothing=self.label_smoothing,
             scale_xy=self.scale_xy,
+            objectness_target=self.objectness_target,
         )
         image_weight = (
             1.0 if sample_weight is None else ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
@@ -303,6 +311,7 @@ class YoloDetector(DecodedPredictions, keras.Model):
             "obj_weight": self.obj_weight,
             "cls_weight": self.cls_weight,
             "label_smoothing": self.label_smoothing,
+            "objectness_target": self.objectness_target,
             "score_thr": self.score_thr,
             "iou_thr": self.iou_thr,
             "max_det": self.max_det,
@@ -368,5 +377,6 @@ def build_yolo(
         obj_weight=yolo.obj_weight,
         cls_weight=yolo.cls_weight,
         label_smoothing=yolo.label_smoothing,
+        objectness_target=yolo.objectness_target,
         **post,
     )

@@ -5,7 +5,10 @@ the per-image sums over the batch. Summing per image, as YOLOv3 does, keeps an i
 objects well defined (its box and class terms are exactly 0) and weighs each object equally
 whatever the number of objects in the batch.
 
-- objectness: BCE of every anchor against its target (1 at assigned anchors). An unassigned
+- objectness: BCE of every anchor against its target: at assigned anchors 1 ("one"), or
+  with `objectness_target="iou"` the IoU of the decoded box with its ground truth, clipped to
+  [0, 1] and without gradient (a constant target, as in YOLOv4's IoU-aware objectness); 0
+  elsewhere. An unassigned
   prediction whose decoded box overlaps a ground truth of its image with IoU > ignore_thresh
   is left out: it found an object, just not at the assigned anchor.
 - class: BCE of each assigned anchor's class logits against the one-hot class, smoothed to
@@ -31,9 +34,10 @@ from keras import ops
 from detseg.boxes import iou_ops
 from detseg.heads.yolo_decode import DEFAULT_SCALE_XY, cell_grid, decode_level
 
-__all__ = ["BOX_LOSSES", "LOG_SIZE_WEIGHT", "yolo_loss_terms"]
+__all__ = ["BOX_LOSSES", "LOG_SIZE_WEIGHT", "OBJECTNESS_TARGETS", "yolo_loss_terms"]
 
 BOX_LOSSES = ("yolov3", "ciou", "giou")
+OBJECTNESS_TARGETS = ("one", "iou")
 # Weight of the log-size squared error added to the IoU losses (see the module doc).
 LOG_SIZE_WEIGHT = 0.25
 # A unit box put where no target is assigned, so masked-out terms stay finite (NaN * 0 = NaN).
@@ -76,11 +80,13 @@ def yolo_loss_terms(
     box_loss: str,
     label_smoothing: float = 0.0,
     scale_xy: float = DEFAULT_SCALE_XY,
+    objectness_target: str = "one",
 ):
     """Per-image (box, objectness, class) loss sums, each [B], unweighted.
 
     `targets`: the `YoloTargetEncoder` dict; `outputs[level]`: raw logits [B, G, G, A, 5+C];
-    `anchors[level]` [A, 2] and `strides[level]` of each level.
+    `anchors[level]` [A, 2] and `strides[level]` of each level; `objectness_target`: one of
+    `OBJECTNESS_TARGETS` (the module doc).
     """
     gt_boxes = targets["gt_boxes"]
     gt_real = ops.cast(targets["gt_labels"] >= 0, "float32")[:, None, :]  # [B, 1, M]
@@ -101,7 +107,11 @@ def yolo_loss_terms(
             ops.cast(best_iou <= ignore_thresh, "float32"), ops.shape(positive)
         )
         obj_weight = positive + (1.0 - positive) * background
-        obj_sum += ops.sum(_bce(positive, raw[..., 4]) * obj_weight, axis=(1, 2, 3))
+        obj_target = positive
+        if objectness_target == "iou":
+            tightness = ops.clip(ops.stop_gradient(iou_ops(pred_box, target_box)), 0.0, 1.0)
+            obj_target = positive * tightness
+        obj_sum += ops.sum(_bce(obj_target, raw[..., 4]) * obj_weight, axis=(1, 2, 3))
 
         one_hot = ops.one_hot(ops.maximum(targets[f"{level}_cls"], 0), num_classes)
         one_hot = one_hot * (1.0 - label_smoothing) + label_smoothing / 2.0

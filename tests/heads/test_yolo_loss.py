@@ -47,7 +47,9 @@ def random_logits(batch: int, seed: int, scale: float = 1.0) -> dict[str, np.nda
     }
 
 
-def raw_loss_terms(targets, outputs, box_loss="ciou", ignore_thresh=0.5, label_smoothing=0.0):
+def raw_loss_terms(
+    targets, outputs, box_loss="ciou", ignore_thresh=0.5, label_smoothing=0.0, objectness_target="one"
+):
     """(box, obj, cls) per image as backend tensors, for the test model's anchors and strides."""
     return yolo_loss_terms(
         targets,
@@ -59,11 +61,14 @@ def raw_loss_terms(targets, outputs, box_loss="ciou", ignore_thresh=0.5, label_s
         ignore_thresh=ignore_thresh,
         box_loss=box_loss,
         label_smoothing=label_smoothing,
+        objectness_target=objectness_target,
     )
 
 
-def loss_terms(targets, outputs, box_loss="ciou", ignore_thresh=0.5, label_smoothing=0.0):
-    terms = raw_loss_terms(targets, outputs, box_loss, ignore_thresh, label_smoothing)
+def loss_terms(
+    targets, outputs, box_loss="ciou", ignore_thresh=0.5, label_smoothing=0.0, objectness_target="one"
+):
+    terms = raw_loss_terms(targets, outputs, box_loss, ignore_thresh, label_smoothing, objectness_target)
     return [keras.ops.convert_to_numpy(t) for t in terms]
 
 
@@ -135,6 +140,38 @@ def test_ignore_rule_drops_the_background_term_of_a_good_unassigned_prediction()
     np.testing.assert_allclose(obj_counted - obj_ignored, [math.log1p(math.exp(1.5))], rtol=1e-5)
 
 
+def test_iou_objectness_target_by_hand():
+    # One 12x14 box [10, 20, 22, 34] -> P3 cell (y 3, x 2) anchor 2. Its prediction keeps the
+    # centre but is 24 px wide: [4, 20, 28, 34], IoU = 12 * 14 / (24 * 14) = 0.5. With the
+    # objectness logit z = 0.8 the positive's term is BCE(0.5, z) instead of BCE(1, z):
+    # BCE(p, z) = log(1 + e^z) - p z, so the difference is (1 - 0.5) z = 0.4.
+    targets = encode([[[10, 20, 22, 34]]], [[1]])
+    outputs = perfect_logits(targets, GEOMETRY)
+    outputs["P3"][0, 3, 2, 2, 2:4] = np.log(np.array([24.0, 14.0]) / SORTED_ANCHORS[2])
+    outputs["P3"][0, 3, 2, 2, 4] = 0.8
+    _, obj_one, _ = loss_terms(targets, outputs, objectness_target="one")
+    _, obj_iou, _ = loss_terms(targets, outputs, objectness_target="iou")
+    pred, truth = np.array([4.0, 20, 28, 34]), np.array([10.0, 20, 22, 34])
+    inter = np.prod(np.minimum(pred[2:], truth[2:]) - np.maximum(pred[:2], truth[:2]))
+    iou = inter / (np.prod(pred[2:] - pred[:2]) + np.prod(truth[2:] - truth[:2]) - inter)
+    assert iou == 0.5
+    # Every other anchor's term is the same under both targets.
+    np.testing.assert_allclose(obj_iou - obj_one, [bce(iou, 0.8) - bce(1.0, 0.8)], rtol=1e-4)
+    np.testing.assert_allclose(obj_iou - obj_one, [0.4], rtol=1e-4)
+
+
+def test_iou_objectness_target_gives_the_box_no_gradient():
+    import tensorflow as tf
+
+    targets = encode(BOXES, LABELS)
+    outputs = {k: tf.Variable(v) for k, v in random_logits(2, seed=5).items()}
+    with tf.GradientTape() as tape:
+        _, obj, _ = raw_loss_terms(targets, outputs, objectness_target="iou")
+        total = tf.reduce_sum(obj)
+    for grad in tape.gradient(total, list(outputs.values())):
+        assert np.all(grad.numpy()[..., :4] == 0) and np.any(grad.numpy()[..., 4] != 0)
+
+
 def bce(target, logit):
     return max(logit, 0) - logit * target + math.log1p(math.exp(-abs(logit)))
 
@@ -143,8 +180,9 @@ def sigmoid(x):
     return 1 / (1 + math.exp(-x))
 
 
-def slow_loss(targets, outputs, box_loss, ignore_thresh, label_smoothing):
-    """The loss written out one anchor at a time, with detseg.boxes' NumPy IoUs (IoU box losses)."""
+def slow_loss(targets, outputs, box_loss, ignore_thresh, label_smoothing, objectness_target):
+    """The loss written out one anchor at a time, with detseg.boxes' NumPy IoUs (IoU box losses
+    and the "iou" objectness target)."""
     batch = targets["gt_boxes"].shape[0]
     box_sum, obj_sum, cls_sum, ignored = np.zeros(batch), np.zeros(batch), np.zeros(batch), 0
     s = DEFAULT_SCALE_XY
@@ -165,7 +203,8 @@ def slow_loss(targets, outputs, box_loss, ignore_thresh, label_smoothing):
                         if targets[f"{level}_obj"][b, gy, gx, a]:
                             target = targets[f"{level}_box"][b, gy, gx, a].astype(np.float64)
                             label = targets[f"{level}_cls"][b, gy, gx, a]
-                            obj_sum[b] += bce(1.0, t[4])
+                            tightness = box_iou(pred[None], target[None])[0, 0]
+                            obj_sum[b] += bce(tightness if objectness_target == "iou" else 1.0, t[4])
                             for c in range(NUM_CLASSES):
                                 want = (1 - label_smoothing) * (c == label) + label_smoothing / 2
                                 cls_sum[b] += bce(want, t[5 + c])
@@ -183,12 +222,12 @@ def slow_loss(targets, outputs, box_loss, ignore_thresh, label_smoothing):
     return box_sum, obj_sum, cls_sum, ignored
 
 
-@pytest.mark.parametrize("box_loss", ["ciou", "giou"])
-def test_loss_matches_a_slow_per_anchor_reference(box_loss):
+@pytest.mark.parametrize(("box_loss", "objectness_target"), [("ciou", "one"), ("giou", "one"), ("ciou", "iou")])
+def test_loss_matches_a_slow_per_anchor_reference(box_loss, objectness_target):
     targets = encode(BOXES, LABELS, assign_thresh=0.3)
     outputs = random_logits(2, seed=3, scale=0.7)
-    got = loss_terms(targets, outputs, box_loss, ignore_thresh=0.4, label_smoothing=0.1)
-    *want, ignored = slow_loss(targets, outputs, box_loss, ignore_thresh=0.4, label_smoothing=0.1)
+    got = loss_terms(targets, outputs, box_loss, 0.4, 0.1, objectness_target)
+    *want, ignored = slow_loss(targets, outputs, box_loss, 0.4, 0.1, objectness_target)
     assert ignored > 0  # the ignore rule is exercised
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-4)
