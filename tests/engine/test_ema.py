@@ -90,6 +90,7 @@ class Interrupt(keras.callbacks.Callback):
             raise KeyboardInterrupt
 
 
+@pytest.mark.slow  # 20-25 s; the hand-computed average test stays in the default run
 @pytest.mark.jax
 def test_a_run_interrupted_and_resumed_trains_as_one_run(tmp_path, monkeypatch):
     # Interrupted when the second epoch's first callback has put the raw weights back in the
@@ -116,6 +117,7 @@ def test_every_optimiser_keeps_the_configured_average(name):
     assert not make_optimizer(load_config(None, {"train.optimizer": name}).train, steps_per_epoch=10).use_ema
 
 
+@pytest.mark.slow  # 20-25 s; the hand-computed average test stays in the default run
 @pytest.mark.jax
 def test_a_fine_tuning_phase_starts_from_the_average_of_the_frozen_phase(tmp_path, monkeypatch):
     # The frozen phase's last epoch leaves its average in the model; the fine-tuning phase's
