@@ -14,11 +14,13 @@ architecture definitions with random weights; nothing is downloaded. Sections:
 3. COCO evaluation time of detseg, pycocotools and faster-coco-eval on one generated set.
 4. `--sections accuracy`: each tool trains from scratch on BCCD for `--minutes` of wall clock at 416 px,
    then all are scored on the test split by detseg's evaluator (pycocotools-identical);
-   detseg also through its float32 and int8 ONNX exports (the int8 AP beside float32's).
+   detseg also through its float32 and int8 ONNX exports (the int8 AP beside float32's, and
+   each export's median ms per test image end to end). `--rescore` scores the models and
+   detections an earlier accuracy run left in `--accuracy-dir` again, without training.
 Ultralytics runs at its CPU default (cores - 1 torch threads) and at detseg's thread count.
 
     .venv/bin/python benchmarks/bench_peers.py [--quick] [--json OUT] [--peers auto|none]
-        [--backends tensorflow jax] [--sections speed coco accuracy] [--minutes 15]
+        [--backends tensorflow jax] [--sections speed coco accuracy] [--minutes 15] [--rescore]
 """
 
 from __future__ import annotations
@@ -256,11 +258,12 @@ def coco_rows(images: int) -> list[dict]:
 # === Accuracy at equal time ===
 
 
-def accuracy_rows(minutes: float, folder: Path, peers: bool, threads: int) -> list[dict]:
+def accuracy_rows(minutes: float, folder: Path, peers: bool, threads: int, rescore: bool = False) -> list[dict]:
     """Each tool trains `minutes` on BCCD at 416 px; the test split is scored by detseg's
     evaluator: detseg's run through `detseg evaluate --split test`, its float32 and int8 ONNX
     exports and each peer's detections against the same split written as COCO ground truth.
-    Everything stays in `folder` (the trained models, the detections)."""
+    Everything stays in `folder` (the trained models, the detections); with `rescore` the
+    training steps are skipped and what an earlier run left there is scored."""
     from detseg.config import load_config
     from detseg.data import load_split
     from detseg.data.coco import write_coco
@@ -269,14 +272,17 @@ def accuracy_rows(minutes: float, folder: Path, peers: bool, threads: int) -> li
     test = load_split(load_config(ACCURACY_CONFIG, {"data.root": str(BCCD)}).data, "test")
     gt = json.loads(write_coco(test, folder / "bccd_test.json").read_text())
     detseg_cli = [sys.executable, "-m", "detseg", "-q"]
-    subprocess.run(
-        [*detseg_cli, "train", str(ACCURACY_CONFIG), "--set", f"data.root={BCCD}", "--set", f"train.time_limit={minutes}",
-         "--set", f"out_dir={folder}", "--set", "name=detseg"], cwd=REPO, check=True,
-    )  # fmt: skip
+    if rescore and not (folder / "detseg" / "best.keras").is_file():
+        sys.exit(f"bench_peers: --rescore: {folder / 'detseg' / 'best.keras'} not found (run the accuracy section first)")
+    if not rescore:
+        subprocess.run(
+            [*detseg_cli, "train", str(ACCURACY_CONFIG), "--set", f"data.root={BCCD}", "--set", f"train.time_limit={minutes}",
+             "--set", f"out_dir={folder}", "--set", "name=detseg"], cwd=REPO, check=True,
+        )  # fmt: skip
     metrics = folder / "detseg_test.json"
     subprocess.run([*detseg_cli, "evaluate", str(folder / "detseg"), "--split", "test", "--json", str(metrics)], cwd=REPO, check=True)
     stats = {"detseg": json.loads(metrics.read_text())["stats"]}
-    stats.update(export_stats(folder / "detseg", test, gt))
+    latency = export_stats(folder / "detseg", test, gt, stats)
     if peers:
         ids = {image["file_name"]: image["id"] for image in gt["images"]}
         common = {"names": NAMES, "bccd": str(BCCD), "threads": threads, "workers": threads, "minutes": minutes,
@@ -284,10 +290,15 @@ def accuracy_rows(minutes: float, folder: Path, peers: bool, threads: int) -> li
         ultralytics = {**common, "data_yaml": str(yolo_layout(folder / "bccd_yolo")), "work": str(folder / "ultralytics")}
         for tool, spec in (("ultralytics", ultralytics), ("kerascv", common)):
             detections = folder / f"{tool}_test.json"
+            if rescore:
+                if not detections.is_file():
+                    sys.exit(f"bench_peers: --rescore: {detections} not found (run the accuracy section with the peers first)")
+                stats[tool] = _scored(gt, json.loads(detections.read_text()))
+                continue
             run_worker([str(PEERS_PYTHON), f"{tool}_worker.py", "--spec", json.dumps({**spec, "detections": str(detections)})])
             stats[tool] = _scored(gt, json.loads(detections.read_text()))
-    return [{"tool": tool, "section": "accuracy", "minutes": minutes, "AP": v[0], "AP50": v[1], "AP75": v[2]}
-            for tool, v in stats.items()]  # fmt: skip
+    return [{"tool": tool, "section": "accuracy", "minutes": minutes, "AP": v[0], "AP50": v[1], "AP75": v[2],
+             "ms per image": latency.get(tool)} for tool, v in stats.items()]  # fmt: skip
 
 
 def _scored(gt: dict, results: list[dict]) -> list[float]:
@@ -296,10 +307,13 @@ def _scored(gt: dict, results: list[dict]) -> list[float]:
     return evaluate_coco_files(gt, results)["stats"]
 
 
-def export_stats(run: Path, test, gt: dict) -> dict[str, list[float]]:
-    """COCO stats of the run's float32 and int8 (`--int8`) ONNX exports on the test split, at
-    the evaluation thresholds (score 0.001, NMS IoU 0.6, 100 per image), through the same
-    predictor `detseg predict best.onnx` uses."""
+def export_stats(run: Path, test, gt: dict, stats: dict[str, list[float]]) -> dict[str, float]:
+    """Adds to `stats` the COCO stats of the run's float32 and int8 (`--int8`) ONNX exports on
+    the test split, at the evaluation thresholds (score 0.001, NMS IoU 0.6, 100 per image),
+    through the same predictor `detseg predict best.onnx` uses; returns each export's median
+    ms per image end to end (letterbox + graph + boxes back to the image's pixels, batch 1)."""
+    import time
+
     import cv2
 
     from detseg.config import dump_config, load_config
@@ -310,18 +324,21 @@ def export_stats(run: Path, test, gt: dict) -> dict[str, list[float]]:
     config = run / "config_eval_thresholds.yaml"
     dump_config(cfg, config)
     ids = {image["file_name"]: image["id"] for image in gt["images"]}
-    stats = {}
+    latency = {}
     for name, int8 in (("detseg onnxruntime", False), ("detseg onnxruntime int8", True)):
         predictor = exported_predictor(export(run, "onnx", run / f"eval{'_int8' if int8 else ''}.onnx", config=config, int8=int8))
-        results = []
+        results, times = [], []
         for sample in test.samples:
             frame = cv2.cvtColor(cv2.imread(str(sample.image_path)), cv2.COLOR_BGR2RGB)
+            start = time.perf_counter()
             (found,) = predictor([frame])
+            times.append(time.perf_counter() - start)
             for (x1, y1, x2, y2), score, label in zip(found["boxes"].tolist(), found["scores"].tolist(), found["labels"].tolist(), strict=True):
                 results.append({"image_id": ids[Path(sample.image_path).name], "category_id": label + 1,
                                 "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score})  # fmt: skip
         stats[name] = _scored(gt, results)
-    return stats
+        latency[name] = 1000 * float(np.median(times[1:]))  # the first call allocates
+    return latency
 
 
 # === Table ===
@@ -358,6 +375,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=15.0)
     parser.add_argument("--accuracy-dir", type=Path, default=REPO / "runs" / "peers_accuracy",
                         help="where the accuracy section's models and detections stay")  # fmt: skip
+    parser.add_argument("--rescore", action="store_true",
+                        help="accuracy: score what an earlier run left in --accuracy-dir again, without training")  # fmt: skip
     parser.add_argument("--worker", choices=["detseg"], help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -380,7 +399,7 @@ def main() -> None:
     if "coco" in args.sections:
         rows += coco_rows(spec["coco_images"])
     if "accuracy" in args.sections:
-        rows += accuracy_rows(args.minutes, args.accuracy_dir, peers, threads)
+        rows += accuracy_rows(args.minutes, args.accuracy_dir, peers, threads, args.rescore)
     print_tables(rows)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))

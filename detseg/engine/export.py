@@ -157,6 +157,7 @@ def export_model(
     _prepare_target(target)
     keras_format = {"savedmodel": "tf_saved_model", "tflite": "litert", "onnx": "onnx"}[fmt]
     options = {"opset_version": ONNX_OPSET} if fmt == "onnx" else {}
+    kept_float: list[str] = []
     with tempfile.TemporaryDirectory() as scratch:
         graph = target if calibration is None else Path(scratch) / "float.onnx"
         with _quiet_converters():
@@ -164,7 +165,7 @@ def export_model(
                 str(graph), format=keras_format, input_signature=signature, verbose=False, **options
             )
         if calibration is not None:
-            quantize_onnx(graph, target, calibration)
+            kept_float = quantize_onnx(graph, target, calibration)
     metadata = {
         "format": fmt,
         "task": task.kind,
@@ -180,7 +181,11 @@ def export_model(
         "model": source.name,
     }
     if calibration is not None:
-        metadata["int8"] = {"ops": list(QUANTIZED_OPS), "calibration_images": len(calibration)}
+        metadata["int8"] = {
+            "ops": list(QUANTIZED_OPS),
+            "calibration_images": len(calibration),
+            "float_convs": kept_float,
+        }
     write_json(metadata, metadata_path(target), indent=2)
     return target
 

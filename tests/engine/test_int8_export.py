@@ -44,18 +44,24 @@ def test_calibration_images_are_letterboxed_training_images_spread_over_the_spli
 
 def test_int8_export_quantizes_the_convolutions_and_keeps_the_interface(run_dir):
     """The graph's arithmetic is checked here; its accuracy on a trained model (AP of int8 vs
-    float32) is measured in benchmarks/bench_export.py."""
+    float32) is measured by `benchmarks/bench_peers.py --sections accuracy`."""
     int8_path = export(run_dir, "onnx", int8=True)
     assert int8_path.name == "best_int8.onnx"
     graph = onnx.load(str(int8_path)).graph
     ops = [node.op_type for node in graph.node]
-    convs = ops.count("Conv")
-    assert convs > 0 and ops.count("DequantizeLinear") >= 2 * convs  # each conv's input and weights
-    int8_weights = [t for t in graph.initializer if t.data_type == onnx.TensorProto.INT8]
-    assert len(int8_weights) >= convs
-    assert "NonMaxSuppression" in ops  # the post-processing is still inside
     metadata = read_metadata(int8_path)
+    kept_float = metadata["int8"].pop("float_convs")
     assert metadata["int8"] == {"ops": ["Conv"], "calibration_images": 12}
+    # The head's output convs (P4_pred, P5_pred: box, objectness and class outputs) stay float32.
+    assert len(kept_float) == 2
+    assert [level for level in ("P3", "P4", "P5") if any(f"/{level}_pred" in name for name in kept_float)] == ["P4", "P5"]
+    float_weights = {n.input[1] for n in graph.node if n.op_type == "Conv" and n.name in kept_float}
+    assert {t.name for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT} >= float_weights
+    quantized = ops.count("Conv") - len(kept_float)
+    assert quantized > 0 and ops.count("DequantizeLinear") >= 2 * quantized  # each conv's input and weights
+    int8_weights = [t for t in graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert len(int8_weights) >= quantized
+    assert "NonMaxSuppression" in ops  # the post-processing is still inside
     assert [i.name for i in graph.input] == ["images"] and sorted(o.name for o in graph.output) == sorted(metadata["outputs"])
 
     (detections,) = exported_detector(int8_path)([draw_shapes(1, 64, seed=3)[0][0]])
