@@ -258,6 +258,9 @@ def coco_rows(images: int) -> list[dict]:
 # === Accuracy at equal time ===
 
 
+PEER_TOOLS = ("ultralytics", "kerascv")
+
+
 def accuracy_rows(minutes: float, folder: Path, peers: bool, threads: int, rescore: bool = False) -> list[dict]:
     """Each tool trains `minutes` on BCCD at 416 px; the test split is scored by detseg's
     evaluator: detseg's run through `detseg evaluate --split test`, its float32 and int8 ONNX
@@ -268,37 +271,41 @@ def accuracy_rows(minutes: float, folder: Path, peers: bool, threads: int, resco
     from detseg.data import load_split
     from detseg.data.coco import write_coco
 
+    tools = PEER_TOOLS if peers else ()
+    if rescore:
+        left = [folder / "detseg" / "best.keras", *(folder / f"{tool}_test.json" for tool in tools)]
+        if missing := [str(path) for path in left if not path.is_file()]:
+            sys.exit(f"bench_peers: --rescore: {', '.join(missing)} not found (run the accuracy section first)")
     folder.mkdir(parents=True, exist_ok=True)
     test = load_split(load_config(ACCURACY_CONFIG, {"data.root": str(BCCD)}).data, "test")
     gt = json.loads(write_coco(test, folder / "bccd_test.json").read_text())
     detseg_cli = [sys.executable, "-m", "detseg", "-q"]
-    if rescore and not (folder / "detseg" / "best.keras").is_file():
-        sys.exit(f"bench_peers: --rescore: {folder / 'detseg' / 'best.keras'} not found (run the accuracy section first)")
     if not rescore:
         subprocess.run(
             [*detseg_cli, "train", str(ACCURACY_CONFIG), "--set", f"data.root={BCCD}", "--set", f"train.time_limit={minutes}",
              "--set", f"out_dir={folder}", "--set", "name=detseg"], cwd=REPO, check=True,
         )  # fmt: skip
+        for tool in tools:
+            _train_peer(tool, minutes, folder, test, gt, threads)
     metrics = folder / "detseg_test.json"
     subprocess.run([*detseg_cli, "evaluate", str(folder / "detseg"), "--split", "test", "--json", str(metrics)], cwd=REPO, check=True)
     stats = {"detseg": json.loads(metrics.read_text())["stats"]}
     latency = export_stats(folder / "detseg", test, gt, stats)
-    if peers:
-        ids = {image["file_name"]: image["id"] for image in gt["images"]}
-        common = {"names": NAMES, "bccd": str(BCCD), "threads": threads, "workers": threads, "minutes": minutes,
-                  "test_images": [[ids[Path(s.image_path).name], str(s.image_path)] for s in test.samples]}  # fmt: skip
-        ultralytics = {**common, "data_yaml": str(yolo_layout(folder / "bccd_yolo")), "work": str(folder / "ultralytics")}
-        for tool, spec in (("ultralytics", ultralytics), ("kerascv", common)):
-            detections = folder / f"{tool}_test.json"
-            if rescore:
-                if not detections.is_file():
-                    sys.exit(f"bench_peers: --rescore: {detections} not found (run the accuracy section with the peers first)")
-                stats[tool] = _scored(gt, json.loads(detections.read_text()))
-                continue
-            run_worker([str(PEERS_PYTHON), f"{tool}_worker.py", "--spec", json.dumps({**spec, "detections": str(detections)})])
-            stats[tool] = _scored(gt, json.loads(detections.read_text()))
+    for tool in tools:
+        stats[tool] = _scored(gt, json.loads((folder / f"{tool}_test.json").read_text()))
     return [{"tool": tool, "section": "accuracy", "minutes": minutes, "AP": v[0], "AP50": v[1], "AP75": v[2],
              "ms per image": latency.get(tool)} for tool, v in stats.items()]  # fmt: skip
+
+
+def _train_peer(tool: str, minutes: float, folder: Path, test, gt: dict, threads: int) -> None:
+    """One peer's worker trains `minutes` and writes its test detections to folder/<tool>_test.json."""
+    ids = {image["file_name"]: image["id"] for image in gt["images"]}
+    spec = {"names": NAMES, "bccd": str(BCCD), "threads": threads, "workers": threads, "minutes": minutes,
+            "test_images": [[ids[Path(s.image_path).name], str(s.image_path)] for s in test.samples],
+            "detections": str(folder / f"{tool}_test.json")}  # fmt: skip
+    if tool == "ultralytics":
+        spec.update(data_yaml=str(yolo_layout(folder / "bccd_yolo")), work=str(folder / "ultralytics"))
+    run_worker([str(PEERS_PYTHON), f"{tool}_worker.py", "--spec", json.dumps(spec)])
 
 
 def _scored(gt: dict, results: list[dict]) -> list[float]:

@@ -82,6 +82,54 @@ def test_bench_peers_quick_with_the_peers(tmp_path, shared_data):
     assert {r["backend"] for r in rows if r["tool"] == "detseg"} == {"tensorflow", "jax"}
 
 
+def test_bench_peers_rescore_scores_a_left_run_and_the_peers_detections(tmp_path, shared_data):
+    """`--sections accuracy --rescore`: no training; detseg's run is scored through Keras and its
+    float32 / int8 ONNX exports (each with its latency), and each peer's detection file as it
+    is. References: the test split's own boxes as detections score AP 1, the same boxes with
+    every class wrong score 0."""
+    if not (shared_data / "bccd").is_dir():
+        pytest.skip(f"{shared_data / 'bccd'} not found")
+    import json
+
+    from detseg.config import config_from_dict, dump_config, load_config
+    from detseg.data import load_split
+    from detseg.data.coco import write_coco
+    from tests.engine.test_export import confident_detector, tiny_config
+    from tests.heads.yolo_helpers import draw_shapes
+
+    bench = _script("bench_peers")
+    with pytest.raises(SystemExit, match="--rescore: .*detseg/best.keras, .*ultralytics_test.json, .*kerascv_test.json not found"):
+        bench.accuracy_rows(15, tmp_path, peers=True, threads=2, rescore=True)
+    run = tmp_path / "detseg"
+    run.mkdir()
+    settings = tiny_config().model_dump(mode="json", exclude_defaults=True)
+    bccd = {"format": "voc", "root": str(bench.BCCD), "names": bench.NAMES, "train": {"split": "train"},
+            "val": {"split": "val"}, "test": {"split": "test"}}  # fmt: skip
+    dump_config(config_from_dict({**settings, "data": bccd}), run / "config.yaml")
+    confident_detector(draw_shapes(4, 64, seed=1)[0]).save(run / "best.keras")
+    with pytest.raises(SystemExit, match="--rescore: [^,]*ultralytics_test.json, [^,]*kerascv_test.json not found"):
+        bench.accuracy_rows(15, tmp_path, peers=True, threads=2, rescore=True)
+    assert not (tmp_path / "bccd_test.json").exists()  # refused before any work
+
+    test = load_split(load_config(bench.ACCURACY_CONFIG, {"data.root": str(bench.BCCD)}).data, "test")
+    gt = json.loads(write_coco(test, tmp_path / "reference.json").read_text())
+    truth = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+             for a in gt["annotations"]]  # fmt: skip
+    wrong = [{**d, "category_id": d["category_id"] % 3 + 1} for d in truth]
+    (tmp_path / "ultralytics_test.json").write_text(json.dumps(truth))
+    (tmp_path / "kerascv_test.json").write_text(json.dumps(wrong))
+    rows = {r["tool"]: r for r in bench.accuracy_rows(15, tmp_path, peers=True, threads=2, rescore=True)}
+
+    assert list(rows) == ["detseg", "detseg onnxruntime", "detseg onnxruntime int8", "ultralytics", "kerascv"]
+    assert [rows["ultralytics"][k] for k in ("AP", "AP50", "AP75")] == [1.0, 1.0, 1.0]
+    assert [rows["kerascv"][k] for k in ("AP", "AP50", "AP75")] == [0.0, 0.0, 0.0]
+    for tool in ("detseg", "detseg onnxruntime", "detseg onnxruntime int8"):
+        assert all(0 <= rows[tool][k] <= 1 for k in ("AP", "AP50", "AP75"))
+    assert rows["detseg"]["ms per image"] is None and rows["ultralytics"]["ms per image"] is None
+    assert rows["detseg onnxruntime"]["ms per image"] > 0 and rows["detseg onnxruntime int8"]["ms per image"] > 0
+    assert (run / "eval.onnx").is_file() and (run / "eval_int8.onnx").is_file()
+
+
 def test_diagnose_boxes_ap_per_threshold_is_pycocotools_precision(shared_data):
     """AP at 0.50 and 0.75 are pycocotools' stats[1] and [2]; their mean over the ten is stats[0]."""
     from pycocotools.coco import COCO
