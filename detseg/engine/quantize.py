@@ -5,7 +5,7 @@ onnxruntime's own tooling: QDQ format, int8 weights per output channel, uint8 ac
 whose ranges are calibrated on real images as the model serves them (letterboxed training
 images). The prediction convolutions (those no other convolution depends on: a detector's
 box / objectness / class outputs, a segmenter's logits) stay float32: their rounding lands
-directly in the box coordinates and scores, and on the BCCD detector quantizing them cost 0.027
+directly in the box coordinates and scores, and on the BCCD detector quantizing them cost 0.026
 AP50 and 0.030 AP where keeping them float costs 0.002 and 0.001, for 0.6 ms of the 12.7 ms
 graph (benchmarks/BENCHMARKS.md). Everything else (decode, NMS, the uint8 -> float input
 scaling) stays float32 too, so the graph's inputs and outputs are unchanged and any runner of
