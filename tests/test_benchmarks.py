@@ -82,6 +82,7 @@ def test_bench_peers_quick_with_the_peers(tmp_path, shared_data):
     assert {r["backend"] for r in rows if r["tool"] == "detseg"} == {"tensorflow", "jax"}
 
 
+@pytest.mark.slow  # 20 s: two exports and a CLI evaluation of BCCD's test split
 def test_bench_peers_rescore_scores_a_left_run_and_the_peers_detections(tmp_path, shared_data):
     """`--sections accuracy --rescore`: no training; detseg's run is scored through Keras and its
     float32 / int8 ONNX exports (each with its latency), and each peer's detection file as it

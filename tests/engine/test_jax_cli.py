@@ -40,6 +40,7 @@ def finished(proc: subprocess.Popen, code: int = 0) -> tuple[str, str]:
     return out, err
 
 
+@pytest.mark.slow  # 60 s; the JAX subset of `make test` trains, resumes and predicts under JAX in process
 def test_train_evaluate_predict_the_detector_under_jax(tmp_path):
     cfg = detector_config(tmp_path)
     cfg["train"]["epochs"] = 1

@@ -99,7 +99,7 @@ DEFAULT_UNDER_JAX = pytest.mark.jax if ON_JAX else pytest.mark.slow
 @pytest.mark.parametrize(
     ("kind", "make_config"),
     [
-        pytest.param("yolov3", detector_config, marks=DEFAULT_UNDER_TF),
+        pytest.param("yolov3", detector_config, marks=pytest.mark.slow),  # 31 s; the classifier is the default case
         pytest.param("classifier", classifier_config, marks=DEFAULT_UNDER_TF),
         pytest.param("unet", segmenter_config, marks=pytest.mark.slow),
         pytest.param("localize", localizer_config, marks=pytest.mark.slow),
