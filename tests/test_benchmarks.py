@@ -104,15 +104,14 @@ def test_bench_peers_rescore_scores_a_left_run_and_the_peers_detections(tmp_path
     run = tmp_path / "detseg"
     run.mkdir()
     settings = tiny_config().model_dump(mode="json", exclude_defaults=True)
-    bccd = {"format": "voc", "root": str(bench.BCCD), "names": bench.NAMES, "train": {"split": "train"},
-            "val": {"split": "val"}, "test": {"split": "test"}}  # fmt: skip
-    dump_config(config_from_dict({**settings, "data": bccd}), run / "config.yaml")
+    bccd = load_config(bench.ACCURACY_CONFIG, {"data.root": str(bench.BCCD)}).data
+    dump_config(config_from_dict({**settings, "data": bccd.model_dump(mode="json", exclude_defaults=True)}), run / "config.yaml")
     confident_detector(draw_shapes(4, 64, seed=1)[0]).save(run / "best.keras")
     with pytest.raises(SystemExit, match="--rescore: [^,]*ultralytics_test.json, [^,]*kerascv_test.json not found"):
         bench.accuracy_rows(15, tmp_path, peers=True, threads=2, rescore=True)
     assert not (tmp_path / "bccd_test.json").exists()  # refused before any work
 
-    test = load_split(load_config(bench.ACCURACY_CONFIG, {"data.root": str(bench.BCCD)}).data, "test")
+    test = load_split(bccd, "test")
     gt = json.loads(write_coco(test, tmp_path / "reference.json").read_text())
     truth = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
              for a in gt["annotations"]]  # fmt: skip
