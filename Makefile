@@ -21,13 +21,14 @@ demo: $(STAMP)
 test: test-tf test-jax
 
 test-tf: $(STAMP)
-	$(TUNED) $(BIN)/python -m pytest -m "not slow" -n 2
+	$(TUNED) $(BIN)/python -m pytest -m "not slow" -n 2 --dist loadfile
 
 test-jax: $(STAMP)
-	KERAS_BACKEND=jax $(TUNED) $(BIN)/python -m pytest -m "jax and not slow" -n 2
+	KERAS_BACKEND=jax $(TUNED) $(BIN)/python -m pytest -m "jax and not slow" -n 2 --dist loadfile
 
 test-slow: $(STAMP)
 	$(TUNED) $(BIN)/python -m pytest -m slow
+	KERAS_BACKEND=jax $(TUNED) $(BIN)/python -m pytest -m "jax and slow"
 
 bench: $(STAMP)
 	for f in benchmarks/bench_*.py; do $(TUNED) $(BIN)/python $$f || exit 1; done

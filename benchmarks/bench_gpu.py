@@ -16,7 +16,7 @@ remainder is dropped). Reported:
     KERAS_BACKEND=jax python benchmarks/bench_gpu.py [--steps 30] [--json OUT]
     python benchmarks/bench_gpu.py --quick [--json OUT]    # seconds on a CPU: checks it runs
 
-`--quick` takes 128 px, batch 2, 3 timed steps, a width-reduced Darknet-53 and float32 (its
+`--quick` takes 128 px, batch 2, 3 timed steps, a width-reduced Darknet-tiny and float32 (its
 figures mean nothing; it is what the test suite runs). Without `--quick` on a machine with no
 GPU or TPU it says so and measures nothing (`make bench` runs every script here).
 """
@@ -50,6 +50,7 @@ H200_BF16_TFLOPS = 989.0
 """NVIDIA's dense (no sparsity) bfloat16 tensor-core peak of the H200 SXM."""
 QUICK = {  # tiny: the run takes seconds on a CPU (the test's)
     "model.input_size": 128,
+    "model.backbone": "darknet_tiny",
     "model.backbone_width": 0.125,
     "model.yolo.width": 0.125,
     "model.yolo.depth": 1,

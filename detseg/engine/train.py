@@ -399,6 +399,9 @@ def _fit_phases(
             timed = phase_cfg.model_copy(update={"schedule": "constant", "warmup_epochs": 0})
             with place.building():
                 task.compile(model, make_optimizer(timed if budget else phase_cfg, len(loader)))
+                # Built here, not in the first traced step: TensorFlow traces a step that creates
+                # variables twice, and a second trace of a detector costs seconds.
+                model.optimizer.build(model.trainable_variables)
         if budget is not None:
             budget.peak = phase_cfg.lr
         if cfg.train.freeze_backbone_epochs:

@@ -84,12 +84,18 @@ def test_backbone_pyramid_and_keras_round_trip(name, tmp_path, forward):
         np.testing.assert_allclose(values, outputs[level], rtol=1e-5, atol=1e-6)
 
 
+# 3-12 s each to compile under JAX: slow there, while their TensorFlow case runs by default.
+SLOW_UNDER_JAX = {"googlenet", "applications:MobileNetV2", "resnet50", "se_resnet", "se_resnet50"}
+
+
 @pytest.mark.jax
 @pytest.mark.skipif(
     keras.backend.backend() != "jax",
     reason="under TensorFlow test_backbone_pyramid_and_keras_round_trip covers it",
 )
-@pytest.mark.parametrize("name", list(PAPER_CHANNELS))
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_UNDER_JAX else n for n in PAPER_CHANNELS]
+)
 def test_backbone_pyramid_under_jax(name, forward):
     _forward_and_check_pyramid(name, _build(name, (None, None, 3)), forward)
 

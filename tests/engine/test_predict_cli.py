@@ -7,6 +7,7 @@ import sys
 import time
 
 from detseg.config import dump_config, load_config
+from tests.engine.test_classify import cli_in_process
 
 
 def test_missing_webcam_exits_2_in_seconds_before_loading_the_model(tmp_path):
@@ -27,12 +28,7 @@ def test_missing_webcam_exits_2_in_seconds_before_loading_the_model(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("detseg: error: ") and "97" in lines[0], res.stderr
 
 
-def test_missing_model_exits_2(tmp_path):
-    res = subprocess.run(
-        [sys.executable, "-m", "detseg", "predict", str(tmp_path / "nope.keras"), "--source", "x.jpg"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def test_missing_model_exits_2(tmp_path, capsys):
+    res = cli_in_process(capsys, "predict", str(tmp_path / "nope.keras"), "--source", "x.jpg")
     assert res.returncode == 2
     assert res.stderr.strip() == f"detseg: error: {tmp_path / 'nope.keras'}: model file not found (give a run folder or a .keras file)"

@@ -14,6 +14,7 @@ import pytest
 
 from detseg.heads import YoloDetector
 from tests.heads.yolo_helpers import draw_shapes, tiny_backbone
+from tests.training import compile_built
 
 OVERFIT_SIZE = 96
 # Drawn shapes are 16..38 px squares: six square-ish priors over P3 and P4.
@@ -47,8 +48,6 @@ def overfit_run() -> OverfitRun:
     repeat = 8  # 8 steps of the same 8 images per epoch: fewer per-epoch overheads
     x = np.concatenate([images] * repeat)  # uint8 pixels, as the loaders send them
     y = {key: np.concatenate([value] * repeat) for key, value in targets.items()}
-    model.compile(
-        optimizer=keras.optimizers.AdamW(3e-3, weight_decay=1e-4), steps_per_execution=repeat
-    )
+    compile_built(model, keras.optimizers.AdamW(3e-3, weight_decay=1e-4), steps_per_execution=repeat)
     history = model.fit(x, y, batch_size=8, epochs=25, verbose=0, shuffle=False).history
     return OverfitRun(model, history, images, boxes, labels)

@@ -19,6 +19,7 @@ from detseg.heads.localization import (
     decode_box,
     encode_box,
 )
+from tests.training import compile_built
 
 SIZE = 64
 
@@ -229,7 +230,7 @@ def test_short_training_beats_the_constant_box_baseline():
     train, held_out = slice(0, 200), slice(200, 240)
     keras.utils.set_random_seed(0)
     model = Localizer(small_backbone(), 2)
-    model.compile(optimizer=keras.optimizers.Adam(3e-3))
+    compile_built(model, keras.optimizers.Adam(3e-3))
 
     history = model.fit(
         x[train],

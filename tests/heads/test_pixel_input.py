@@ -14,6 +14,7 @@ from detseg.heads.localization import build_localizer
 from detseg.heads.unet import build_unet
 from detseg.heads.yolo import build_yolo
 from tests.heads.yolo_helpers import draw_shapes
+from tests.training import compile_built
 
 SIZE = 64
 ANCHORS = [[8, 8], [16, 16], [24, 24], [32, 32], [48, 48], [64, 64]]
@@ -85,7 +86,7 @@ def test_one_training_step_from_uint8_batches():
     pixels = images.astype(np.float32)
     reference = model.compute_loss(pixels, targets, model(pixels, training=True), training=True)
     before = _numpy(model.trainable_weights)
-    model.compile(optimizer=keras.optimizers.SGD(0.01))
+    compile_built(model, keras.optimizers.SGD(0.01))
 
     logs = model.fit(images, targets, batch_size=4, epochs=1, verbose=0, shuffle=False).history
 

@@ -15,6 +15,7 @@ from detseg.data import IGNORE_INDEX, load_shapes, read_image, read_semantic_mas
 from detseg.errors import DetsegError
 from detseg.heads.unet import UNetSegmenter, build_unet, segmentation_loss_terms, unet_encoder
 from detseg.metrics.segmentation import SegmentationMetrics
+from tests.training import compile_built
 
 
 def to_numpy(x) -> np.ndarray:
@@ -317,7 +318,7 @@ def test_a_small_unet_overfits_six_shapes_images(tmp_path_factory):
     keras.utils.set_random_seed(0)
     model = build_unet(num_classes, "unet", (64, 64, 3), width=0.125, depth=3, loss="ce+dice")
     repeat = 8  # 8 steps of the same 6 images per epoch: fewer per-epoch overheads
-    model.compile(optimizer=keras.optimizers.Adam(1e-2), steps_per_execution=repeat)
+    compile_built(model, keras.optimizers.Adam(1e-2), steps_per_execution=repeat)
     history = model.fit(
         np.concatenate([x] * repeat),
         np.concatenate([y] * repeat).astype(np.int32),

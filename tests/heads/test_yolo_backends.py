@@ -11,6 +11,7 @@ import pytest
 
 from detseg.heads import Detector, YoloDetector
 from tests.heads.yolo_helpers import ANCHORS_64, draw_shapes, tiny_backbone
+from tests.training import compile_built
 
 
 @pytest.mark.jax
@@ -23,7 +24,7 @@ def test_one_train_step_then_predict_and_detector_agree():
     x = images  # uint8 pixels, as the loaders send them
 
     before = [keras.ops.convert_to_numpy(w).copy() for w in model.trainable_weights]
-    model.compile(optimizer=keras.optimizers.AdamW(1e-3))
+    compile_built(model, keras.optimizers.AdamW(1e-3))
     logs = model.train_on_batch(x, targets, return_dict=True)
     assert {"loss", "box_loss", "obj_loss", "cls_loss"} <= set(logs)
     assert np.isfinite(logs["loss"]) and logs["box_loss"] > 0 and logs["obj_loss"] > 0

@@ -4,9 +4,6 @@ U-Net trained, evaluated, run on video and exported through the engine."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -18,6 +15,7 @@ from detseg.data import letterbox, unletterbox_map
 from detseg.errors import DetsegError
 from detseg.heads.unet_infer import Segmenter, tile_starts
 from detseg.tasks.predictors import SegmentationPredictor
+from tests.engine.test_classify import cli_in_process
 
 NAMES = ["background", "red", "blue"]
 
@@ -261,14 +259,10 @@ def test_export_gives_the_keras_class_maps(seg_run, fmt):
     assert min(same) >= 0.999, same
 
 
-def test_cli_rejects_detection_thresholds_for_a_segmenter(seg_run):
+def test_cli_rejects_detection_thresholds_for_a_segmenter(seg_run, capsys):
     root, _, run = seg_run
     video = next((root / "cache").glob("shapes_*/video.mp4"))
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    res = subprocess.run(
-        [sys.executable, "-m", "detseg", "predict", str(run), "--source", str(video), "--conf", "0.5"],
-        capture_output=True, text=True, timeout=120, env=env,
-    )  # fmt: skip
+    res = cli_in_process(capsys, "predict", str(run), "--source", str(video), "--conf", "0.5")
     assert res.returncode == 2
     assert res.stderr.strip().splitlines() == [
         "detseg: error: --conf and --iou are detection thresholds; a segmenter labels every pixel"
