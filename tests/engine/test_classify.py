@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -324,18 +322,6 @@ def test_classifier_learns_the_shapes_crops(tmp_path):
 # === Command line ===
 
 
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run(
-        [sys.executable, "-m", "detseg", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=cwd,
-        env=env,
-    )
-
-
 def cli_in_process(capsys, *args: str) -> subprocess.CompletedProcess:
     """`detseg ARGS` through `detseg.cli.main` in this process (no second TensorFlow start)."""
     capsys.readouterr()
@@ -347,10 +333,10 @@ def cli_in_process(capsys, *args: str) -> subprocess.CompletedProcess:
 def test_cli_train_evaluate_predict_on_an_image_folder(tmp_path, capsys, monkeypatch):
     config = tmp_path / "folder.yaml"
     config.write_text(yaml.safe_dump(imagefolder_config(tmp_path)))
-    res = run_cli("train", str(config), "--set", "train.epochs=1", cwd=tmp_path)  # the real command
+    monkeypatch.chdir(tmp_path)
+    res = cli_in_process(capsys, "train", str(config), "--set", "train.epochs=1")
     assert res.returncode == 0, res.stderr
     run = tmp_path / "runs" / "folder"
-    monkeypatch.chdir(tmp_path)
 
     res = cli_in_process(capsys, "evaluate", str(run), "--json", str(tmp_path / "copy.json"))
     assert res.returncode == 0, res.stderr

@@ -223,6 +223,9 @@ def test_build_localizer_and_keras_round_trip(tmp_path):
         np.testing.assert_allclose(reloaded[key], predicted[key], atol=1e-6)
 
 
+# 14 s; the same claim through `detseg train` stays in the default run:
+# tests/tasks/test_localize.py::test_a_short_run_beats_the_constant_box
+@pytest.mark.slow
 def test_short_training_beats_the_constant_box_baseline():
     images, boxes, labels = one_object_images(240, seed=0)
     x = images
