@@ -48,9 +48,9 @@ def test_bench_peers_quick_measures_detseg_in_every_section(shared_data):
     if not (shared_data / "bccd").is_dir():
         pytest.skip(f"{shared_data / 'bccd'} not found")
     bench = _script("bench_peers")
-    # Eager training steps and Keras inference only: the ONNX export alone would double the
-    # test's time. The slow peers test below runs the onnxruntime rows; tests/engine covers the
-    # export and its int8 form.
+    # Eager training steps and Keras inference only: the ONNX export alone is about a third of
+    # the test's time. The slow peers test below runs the onnxruntime rows; tests/engine covers
+    # the export and its int8 form.
     spec = {"train": [[64, 2]], "infer": [64], "video": [64], "steps": 2, "repeats": 2, "frames": 3,
             "runtimes": ["keras"], "eager": True}  # fmt: skip
     rows = bench.detseg_rows(spec) + bench.coco_rows(20)
