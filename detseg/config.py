@@ -222,7 +222,7 @@ class YoloConfig(_Section):
 
 # Keys of other sections, in groups, for the `unused` lists of the model kinds below.
 _CROPS = ("data.crops", "data.crop_padding")
-_MOSAIC = ("train.augment.mosaic_p",)
+_MOSAIC = ("train.augment.mosaic_p", "train.augment.mosaic_close")
 _BOX_VISIBILITY = ("train.augment.min_visibility", "train.augment.min_area")
 _PREDICT_RUNTIME = ("predict.runtime",)  # only the detector's predictions run on onnxruntime so far
 _DETECTION_POSTPROCESS = (
@@ -526,6 +526,16 @@ class AugmentConfig(_Section):
     color_p: float = Field(0.5, ge=0, le=1, description="Probability of the colour jitter.")
     blur_p: float = Field(0.0, ge=0, le=1, description="Probability of a small blur.")
     mosaic_p: float = Field(0.0, ge=0, le=1, description="Probability of a 4-image mosaic.")
+    mosaic_close: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description=(
+            "Share of training at the end with the mosaic off (Ultralytics' close_mosaic), so that the "
+            "last epochs see whole images as at test time: of train.time_limit when one is set, else of "
+            "train.epochs. Needs train.augment.mosaic_p > 0."
+        ),
+    )
     min_visibility: float = Field(
         0.3, ge=0, le=1, description="Boxes keeping less than this fraction of their area after a transform are dropped."
     )
@@ -533,6 +543,12 @@ class AugmentConfig(_Section):
     albumentations: dict[str, Any] | None = Field(
         None, description="Advanced: a full pipeline in albumentations' own to_dict() form; replaces the fields above."
     )
+
+    @model_validator(mode="after")
+    def _mosaic_to_close(self) -> AugmentConfig:
+        if self.mosaic_close and not self.mosaic_p:
+            raise ValueError("mosaic_close needs mosaic_p > 0 (there is no mosaic to close)")
+        return self
 
 
 class TrainConfig(_Section):

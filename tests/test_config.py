@@ -190,6 +190,12 @@ def test_a_field_the_kind_would_ignore_is_an_error(overrides, field):
         load_config(None, overrides)
 
 
+def test_closing_a_mosaic_that_is_off_is_an_error():
+    with pytest.raises(DetsegError, match=r"train\.augment: mosaic_close needs mosaic_p > 0"):
+        load_config(None, {"train.augment.mosaic_close": 0.2})
+    assert load_config(None, {"train.augment.mosaic_close": 0.2, "train.augment.mosaic_p": 0.5}).train.augment.mosaic_close == 0.2
+
+
 def test_unused_fields_at_their_default_are_accepted(tmp_path):
     """A run's config.yaml holds every field, defaults included: it must load back for any kind."""
     for kind in MODEL_KINDS:

@@ -70,6 +70,8 @@ log = logging.getLogger("detseg")
 
 SPENT_KEY = "train_minutes"
 """history.csv column of the training minutes spent by the end of each epoch (time-limited runs)."""
+MOSAIC_KEY = "mosaic_p"
+"""history.csv column of the mosaic probability each epoch trained with (runs with train.augment.mosaic_close)."""
 
 
 # === Optimisation ===
@@ -157,6 +159,36 @@ class TimeBudgetSchedule(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs[SPENT_KEY] = round(self.spent_seconds / 60.0, 4)
+
+
+class MosaicClose(keras.callbacks.Callback):
+    """With `train.augment.mosaic_close`: the training loader's mosaic is turned off for the last
+    `share` of training, measured on the time budget when there is one, else on the epochs, so the
+    model ends on whole images as it will see them at test time (Ultralytics' close_mosaic).
+
+    Checked at the start of each epoch: Keras calls the callbacks before it starts that epoch's
+    loader workers, which then get the loader as it is. Each epoch logs the mosaic probability
+    it trained with (`mosaic_p` in history.csv).
+    """
+
+    def __init__(self, loader: Any, share: float, epochs: int, budget: TimeBudgetSchedule | None):
+        super().__init__()
+        self.loader, self.open_until, self.epochs, self.budget = loader, 1.0 - share, epochs, budget
+
+    def done(self, epoch: int) -> float:
+        """The fraction of training done before `epoch` starts."""
+        if self.budget is not None:
+            return self.budget.spent_seconds / self.budget.seconds
+        return epoch / self.epochs
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.loader.mosaic_p and self.done(epoch) >= self.open_until:
+            log.info("mosaic off from epoch %d on (the last %.0f%% of training)", epoch + 1, 100 * (1 - self.open_until))
+            self.loader.mosaic_p = 0.0
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs[MOSAIC_KEY] = self.loader.mosaic_p
 
 
 def training_phases(train_cfg: TrainConfig) -> list[tuple[int, int, bool, TrainConfig]]:
@@ -490,6 +522,8 @@ def train(cfg: Config, *, callbacks: Sequence[keras.callbacks.Callback] = (), un
     budget = _time_budget(cfg)
     ema = EMAWeights() if cfg.train.ema else None
     fit_callbacks = [*_callbacks(cfg, task, val_data, budget, ema, place), *callbacks]
+    if cfg.train.augment.mosaic_close:
+        fit_callbacks.insert(0, MosaicClose(loader, cfg.train.augment.mosaic_close, cfg.train.epochs, budget))
     try:
         _fit_phases(cfg, task, model, loader, initial_epoch, fit_callbacks, budget, ema, place)
     except KeyboardInterrupt:

@@ -13,7 +13,7 @@ import pytest
 
 from detseg.config import load_config
 from detseg.engine.precision import set_op_determinism
-from detseg.engine.train import TimeBudgetSchedule, train
+from detseg.engine.train import MosaicClose, TimeBudgetSchedule, train
 from detseg.tasks.base import GALLERY_ROWS, GALLERY_SIDE
 from detseg.viz import TITLE_HEIGHT
 
@@ -62,6 +62,36 @@ def test_time_budget_continues_where_a_resumed_run_stopped():
     assert TimeBudgetSchedule(minutes=1, lr=1.0, schedule="cosine", warmup=0.0, spent_minutes=1.0).exhausted
 
 
+class _Loader:
+    mosaic_p = 0.5
+
+
+def test_mosaic_closes_for_the_last_share_of_the_epochs_by_hand():
+    """share 0.25 of 8 epochs: epochs 0-5 (done 0 .. 5/8 < 0.75) keep the mosaic, epoch 6 (6/8) closes it."""
+    loader = _Loader()
+    close = MosaicClose(loader, share=0.25, epochs=8, budget=None)
+    seen = []
+    for epoch in range(8):
+        close.on_epoch_begin(epoch)
+        logs = {}
+        close.on_epoch_end(epoch, logs)
+        seen.append(logs["mosaic_p"])
+    assert seen == [0.5] * 6 + [0.0] * 2
+
+
+def test_mosaic_closes_on_the_time_budget_when_there_is_one():
+    """With a time limit the epochs are unknown: the share is of the budget (1 of 4 minutes here)."""
+    loader = _Loader()
+    budget = TimeBudgetSchedule(minutes=4, lr=1.0, schedule="cosine", warmup=0.0, spent_minutes=2.9)
+    budget.on_train_begin()
+    close = MosaicClose(loader, share=0.25, epochs=100, budget=budget)
+    close.on_epoch_begin(90)  # 2.9 of 4 minutes (72.5%) spent: the epoch count does not matter
+    assert loader.mosaic_p == 0.5
+    budget.offset = 3.0 * 60  # 75% spent
+    close.on_epoch_begin(1)
+    assert loader.mosaic_p == 0.0
+
+
 class SlowBatches(keras.utils.PyDataset):
     """40 batches of 0.2 s each: 8 s an epoch."""
 
@@ -104,6 +134,8 @@ def tiny_run(tmp_path_factory):
             "train.batch_size": 8,
             "train.time_limit": None,
             "train.gallery_every": 1,
+            "train.augment.mosaic_p": 0.5,
+            "train.augment.mosaic_close": 0.5,
         },
     )
     return cfg, train(cfg)
@@ -150,6 +182,12 @@ def test_evaluate_reproduces_the_training_report(tiny_run):
 def _history(run_dir) -> list[dict[str, str]]:
     with (run_dir / "history.csv").open() as f:
         return list(csv.DictReader(f))
+
+
+def test_the_mosaic_closes_for_the_last_half_of_a_real_run(tiny_run):
+    """mosaic_close 0.5 of 2 epochs: the first trains with the mosaic, the second without."""
+    _, run_dir = tiny_run
+    assert [float(row["mosaic_p"]) for row in _history(run_dir)] == [0.5, 0.0]
 
 
 def test_a_seed_reproduces_the_losses_exactly(tiny_run):
