@@ -132,6 +132,11 @@ class TimeBudgetSchedule(keras.callbacks.Callback):
         return self.offset + (0.0 if self.start is None else time.monotonic() - self.start)
 
     @property
+    def spent_fraction(self) -> float:
+        """The share of the budget spent, 0..1."""
+        return min(self.spent_seconds / self.seconds, 1.0)
+
+    @property
     def exhausted(self) -> bool:
         return self.spent_seconds >= self.seconds
 
@@ -149,7 +154,7 @@ class TimeBudgetSchedule(keras.callbacks.Callback):
         return self.peak * (self.alpha + (1 - self.alpha) * 0.5 * (1 + math.cos(math.pi * decay)))
 
     def on_train_batch_begin(self, batch, logs=None):
-        self.model.optimizer.learning_rate.assign(self.rate(min(self.spent_seconds / self.seconds, 1.0)))
+        self.model.optimizer.learning_rate.assign(self.rate(self.spent_fraction))
 
     def on_train_batch_end(self, batch, logs=None):
         if self.exhausted and not self.model.stop_training:
@@ -178,7 +183,7 @@ class MosaicClose(keras.callbacks.Callback):
     def done(self, epoch: int) -> float:
         """The fraction of training done before `epoch` starts."""
         if self.budget is not None:
-            return self.budget.spent_seconds / self.budget.seconds
+            return self.budget.spent_fraction
         return epoch / self.epochs
 
     def on_epoch_begin(self, epoch, logs=None):
