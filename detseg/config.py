@@ -542,8 +542,8 @@ class AugmentConfig(_Section):
         lt=1,
         description=(
             "Share of training at the end with the mosaic off (Ultralytics' close_mosaic), so that the "
-            "last epochs see whole images as at test time: of train.time_limit when one is set, else of "
-            "train.epochs. Needs train.augment.mosaic_p > 0."
+            "last epochs see whole images as at test time: of train.epochs, or of train.time_limit when "
+            "that runs out first. Needs train.augment.mosaic_p > 0."
         ),
     )
     min_visibility: float = Field(
@@ -660,8 +660,9 @@ class TrainConfig(_Section):
         gt=0,
         description=(
             "Stop training after this many minutes (the best model so far is kept); the learning-rate "
-            "warm-up and schedule then span this time budget instead of `epochs` (a resumed run "
-            "continues the budget where it stopped)."
+            "schedule then spans this time budget or `epochs`, whichever runs out first, so a run ends "
+            "annealed either way (the warm-up stays in epochs; a resumed run continues the budget where "
+            "it stopped)."
         ),
     )
 

@@ -106,25 +106,38 @@ def make_optimizer(train_cfg: TrainConfig, steps_per_epoch: int) -> keras.optimi
 
 
 class TimeBudgetSchedule(keras.callbacks.Callback):
-    """With `train.time_limit`, the learning-rate schedule spans the time budget, not the epochs.
+    """With `train.time_limit`, the learning-rate schedule spans the run's budget: the time limit
+    or the epochs, whichever runs out first.
 
-    A run that stops on time otherwise ends at a high, never-annealed learning rate. Here the
-    fraction of the budget spent sets the rate at every batch: linear warm-up over the first
-    `warmup` fraction, then cosine (or constant) down to `alpha * peak`; when the time is up the
-    current epoch ends early and is still evaluated and checkpointed. `peak` is the current
-    phase's learning rate (the engine lowers it for fine-tuning). Every epoch logs the minutes
-    spent (`train_minutes`), so a resumed run continues the budget where it stopped
-    (`spent_minutes`).
+    A run that stops on time otherwise ends at a high, never-annealed learning rate, and one that
+    runs out of epochs before its time (a faster machine) would too if the schedule followed the
+    clock alone. Here the share of the budget spent, the larger of the time share and the epoch
+    share, sets the rate at every batch: cosine (or constant) down to `alpha * peak`, times a
+    linear warm-up over the first `warmup_epochs` epochs (epochs, as the config says, whatever the
+    budget). When the time is up the current epoch ends early and is still evaluated and
+    checkpointed. `peak` is the current phase's learning rate (the engine lowers it for
+    fine-tuning). Every epoch logs the minutes spent (`train_minutes`), so a resumed run
+    continues the budget where it stopped (`spent_minutes`); Keras's epoch index continues the
+    epochs.
     """
 
     def __init__(
-        self, minutes: float, lr: float, schedule: str, warmup: float, alpha: float = 0.05, spent_minutes: float = 0.0
+        self,
+        minutes: float,
+        epochs: int,
+        lr: float,
+        schedule: str,
+        warmup_epochs: float,
+        alpha: float = 0.05,
+        spent_minutes: float = 0.0,
     ):
         super().__init__()
-        self.seconds = minutes * 60.0
-        self.peak, self.schedule, self.warmup, self.alpha = lr, schedule, warmup, alpha
+        self.seconds, self.epochs = minutes * 60.0, epochs
+        self.peak, self.schedule, self.warmup_epochs, self.alpha = lr, schedule, warmup_epochs, alpha
         self.offset = spent_minutes * 60.0
         self.start: float | None = None
+        self.epochs_done = 0.0
+        self._epoch = 0
 
     @property
     def spent_seconds(self) -> float:
@@ -133,8 +146,8 @@ class TimeBudgetSchedule(keras.callbacks.Callback):
 
     @property
     def spent_fraction(self) -> float:
-        """The share of the budget spent, 0..1."""
-        return min(self.spent_seconds / self.seconds, 1.0)
+        """The share of the budget spent, 0..1: the larger of the time and the epoch shares."""
+        return min(max(self.spent_seconds / self.seconds, self.epochs_done / self.epochs), 1.0)
 
     @property
     def exhausted(self) -> bool:
@@ -144,17 +157,20 @@ class TimeBudgetSchedule(keras.callbacks.Callback):
         if self.start is None:  # the budget runs across the phases of one run
             self.start = time.monotonic()
 
-    def rate(self, spent: float) -> float:
-        """The learning rate after a fraction `spent` (0..1) of the budget."""
-        if spent < self.warmup:
-            return self.peak * spent / self.warmup
+    def rate(self, spent: float, epochs_done: float) -> float:
+        """The learning rate after a share `spent` (0..1) of the budget and `epochs_done` epochs."""
+        warm = min(1.0, epochs_done / self.warmup_epochs) if self.warmup_epochs > 0 else 1.0
         if self.schedule == "constant":
-            return self.peak
-        decay = min(1.0, (spent - self.warmup) / max(1e-9, 1.0 - self.warmup))
-        return self.peak * (self.alpha + (1 - self.alpha) * 0.5 * (1 + math.cos(math.pi * decay)))
+            return self.peak * warm
+        return warm * self.peak * (self.alpha + (1 - self.alpha) * 0.5 * (1 + math.cos(math.pi * spent)))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
 
     def on_train_batch_begin(self, batch, logs=None):
-        self.model.optimizer.learning_rate.assign(self.rate(self.spent_fraction))
+        steps = self.params.get("steps") if self.params else None
+        self.epochs_done = self._epoch + (batch / steps if steps else 0.0)
+        self.model.optimizer.learning_rate.assign(self.rate(self.spent_fraction, self.epochs_done))
 
     def on_train_batch_end(self, batch, logs=None):
         if self.exhausted and not self.model.stop_training:
@@ -168,7 +184,7 @@ class TimeBudgetSchedule(keras.callbacks.Callback):
 
 class MosaicClose(keras.callbacks.Callback):
     """With `train.augment.mosaic_close`: the training loader's mosaic is turned off for the last
-    `share` of training, measured on the time budget when there is one, else on the epochs, so the
+    `share` of training (of the epochs, or of the time budget when that runs out first), so the
     model ends on whole images as it will see them at test time (Ultralytics' close_mosaic).
 
     Checked at the start of each epoch: Keras calls the callbacks before it starts that epoch's
@@ -181,10 +197,10 @@ class MosaicClose(keras.callbacks.Callback):
         self.loader, self.open_until, self.epochs, self.budget = loader, 1.0 - share, epochs, budget
 
     def done(self, epoch: int) -> float:
-        """The fraction of training done before `epoch` starts."""
-        if self.budget is not None:
-            return self.budget.spent_fraction
-        return epoch / self.epochs
+        """The share of training done before `epoch` starts: of the epochs, or of the time budget
+        when there is one and more of it is spent."""
+        time_share = self.budget.spent_fraction if self.budget is not None else 0.0
+        return max(epoch / self.epochs, time_share)
 
     def on_epoch_begin(self, epoch, logs=None):
         if self.loader.mosaic_p and self.done(epoch) >= self.open_until:
@@ -394,8 +410,9 @@ def _time_budget(cfg: Config) -> TimeBudgetSchedule | None:
     if not cfg.train.time_limit:
         return None
     spent = (last_logged(cfg.run_dir, SPENT_KEY) or 0.0) if cfg.train.resume else 0.0
-    warmup = cfg.train.warmup_epochs / cfg.train.epochs
-    return TimeBudgetSchedule(cfg.train.time_limit, cfg.train.lr, cfg.train.schedule, warmup, spent_minutes=spent)
+    return TimeBudgetSchedule(
+        cfg.train.time_limit, cfg.train.epochs, cfg.train.lr, cfg.train.schedule, cfg.train.warmup_epochs, spent_minutes=spent
+    )
 
 
 def fit_verbosity() -> int:

@@ -19,14 +19,53 @@ from detseg.viz import TITLE_HEIGHT
 
 
 def test_time_budget_rate_by_hand():
-    sched = TimeBudgetSchedule(minutes=1, lr=1.0, schedule="cosine", warmup=0.1, alpha=0.05)
-    assert sched.rate(0.05) == pytest.approx(0.5)  # half-way through the warm-up
-    assert sched.rate(0.1) == pytest.approx(1.0)  # warm-up done: the peak
+    sched = TimeBudgetSchedule(minutes=1, epochs=10, lr=1.0, schedule="cosine", warmup_epochs=2, alpha=0.05)
+    assert sched.rate(0.0, epochs_done=1.0) == pytest.approx(0.5)  # half-way through the warm-up
+    assert sched.rate(0.0, epochs_done=2.0) == pytest.approx(1.0)  # warm-up done: the peak
     # half-way through the cosine: 0.05 + 0.95 * 0.5 * (1 + cos(pi / 2)) = 0.525
-    assert sched.rate(0.55) == pytest.approx(0.525)
-    assert sched.rate(1.0) == pytest.approx(0.05)  # the end: alpha * lr
-    flat = TimeBudgetSchedule(minutes=1, lr=1.0, schedule="constant", warmup=0.0)
-    assert flat.rate(0.9) == 1.0
+    assert sched.rate(0.5, epochs_done=5.0) == pytest.approx(0.525)
+    # the warm-up counts epochs whatever the time: 1 of 2 epochs at half the budget
+    assert sched.rate(0.5, epochs_done=1.0) == pytest.approx(0.2625)
+    assert sched.rate(1.0, epochs_done=10.0) == pytest.approx(0.05)  # the end: alpha * lr
+    flat = TimeBudgetSchedule(minutes=1, epochs=10, lr=1.0, schedule="constant", warmup_epochs=0)
+    assert flat.rate(0.9, epochs_done=9.0) == 1.0
+
+
+def test_the_budget_spent_is_the_larger_of_the_time_and_the_epoch_shares():
+    sched = TimeBudgetSchedule(minutes=10, epochs=4, lr=1.0, schedule="cosine", warmup_epochs=0, spent_minutes=2.0)
+    sched.on_train_begin()
+    assert sched.spent_fraction == pytest.approx(0.2, abs=1e-3)  # 2 of 10 minutes, no epoch yet
+    sched.epochs_done = 3.0
+    assert sched.spent_fraction == pytest.approx(0.75)  # 3 of 4 epochs: the epochs run out first
+    sched.offset = 9.0 * 60
+    assert sched.spent_fraction == pytest.approx(0.9, abs=1e-3)  # 9 of 10 minutes: now the time
+
+
+class FastBatches(keras.utils.PyDataset):
+    """10 batches an epoch, as fast as the model."""
+
+    def __len__(self):
+        return 10
+
+    def __getitem__(self, i):
+        return np.ones((2, 3), np.float32), np.ones((2, 1), np.float32)
+
+
+def test_a_run_that_runs_out_of_epochs_before_its_time_ends_annealed():
+    """An hour's budget and 2 epochs of 10 batches: the epochs bind, so the rate follows them:
+    a 1-epoch warm-up, then the cosine to alpha * lr at the last batch."""
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    sched = TimeBudgetSchedule(minutes=60, epochs=2, lr=0.1, schedule="cosine", warmup_epochs=1)
+    rates = []
+    record = keras.callbacks.LambdaCallback(
+        on_train_batch_begin=lambda b, logs: rates.append(float(model.optimizer.learning_rate))
+    )
+    model.fit(FastBatches(), epochs=2, callbacks=[sched, record], verbose=0)
+    cosine = [0.005 + 0.095 * 0.5 * (1 + math.cos(math.pi * step / 20)) for step in range(20)]
+    warm = [min(1.0, step / 10) for step in range(20)]
+    # the time spent (seconds of an hour) moves the cosine by well under 1e-4
+    assert rates == pytest.approx([w * c for w, c in zip(warm, cosine, strict=True)], abs=1e-4)
 
 
 @pytest.mark.parametrize(
@@ -50,16 +89,18 @@ def test_the_configured_optimiser_is_built(name, cls, options):
 
 
 def test_time_budget_continues_where_a_resumed_run_stopped():
-    sched = TimeBudgetSchedule(minutes=2, lr=1.0, schedule="cosine", warmup=0.0, spent_minutes=1.0)
+    sched = TimeBudgetSchedule(minutes=2, epochs=100, lr=1.0, schedule="cosine", warmup_epochs=0, spent_minutes=1.0)
     sched.on_train_begin()
     # half the budget was spent before the resume: the rate resumes mid-cosine,
     # 0.05 + 0.95 * 0.5 * (1 + cos(pi / 2)) = 0.525
-    assert sched.rate(sched.spent_seconds / sched.seconds) == pytest.approx(0.525, abs=1e-3)
+    assert sched.rate(sched.spent_fraction, epochs_done=10) == pytest.approx(0.525, abs=1e-3)
     logs = {}
     sched.on_epoch_end(0, logs)  # the minutes go to history.csv for the next resume
     assert logs["train_minutes"] == pytest.approx(1.0, abs=1e-3)
     assert not sched.exhausted
-    assert TimeBudgetSchedule(minutes=1, lr=1.0, schedule="cosine", warmup=0.0, spent_minutes=1.0).exhausted
+    assert TimeBudgetSchedule(
+        minutes=1, epochs=100, lr=1.0, schedule="cosine", warmup_epochs=0, spent_minutes=1.0
+    ).exhausted
 
 
 class _Loader:
@@ -79,16 +120,27 @@ def test_mosaic_closes_for_the_last_share_of_the_epochs_by_hand():
     assert seen == [0.5] * 6 + [0.0] * 2
 
 
-def test_mosaic_closes_on_the_time_budget_when_there_is_one():
-    """With a time limit the epochs are unknown: the share is of the budget (1 of 4 minutes here)."""
+def test_mosaic_closes_on_the_time_budget_when_it_runs_out_first():
+    """With a time limit the share is of the time or of the epochs, whichever is spent more."""
     loader = _Loader()
-    budget = TimeBudgetSchedule(minutes=4, lr=1.0, schedule="cosine", warmup=0.0, spent_minutes=2.9)
+    budget = TimeBudgetSchedule(minutes=4, epochs=100, lr=1.0, schedule="cosine", warmup_epochs=0, spent_minutes=2.9)
     budget.on_train_begin()
     close = MosaicClose(loader, share=0.25, epochs=100, budget=budget)
-    close.on_epoch_begin(90)  # 2.9 of 4 minutes (72.5%) spent: the epoch count does not matter
+    close.on_epoch_begin(10)  # 2.9 of 4 minutes (72.5%) and 10% of the epochs: still open
     assert loader.mosaic_p == 0.5
-    budget.offset = 3.0 * 60  # 75% spent
-    close.on_epoch_begin(1)
+    budget.offset = 3.0 * 60  # 75% of the time spent
+    close.on_epoch_begin(11)
+    assert loader.mosaic_p == 0.0
+
+
+def test_mosaic_closes_on_the_epochs_when_they_run_out_before_the_time():
+    loader = _Loader()
+    budget = TimeBudgetSchedule(minutes=60, epochs=8, lr=1.0, schedule="cosine", warmup_epochs=0)
+    budget.on_train_begin()
+    close = MosaicClose(loader, share=0.25, epochs=8, budget=budget)
+    close.on_epoch_begin(5)  # 5/8 of the epochs, seconds of the hour
+    assert loader.mosaic_p == 0.5
+    close.on_epoch_begin(6)  # 6/8 = 75% of the epochs
     assert loader.mosaic_p == 0.0
 
 
@@ -106,7 +158,7 @@ class SlowBatches(keras.utils.PyDataset):
 def test_time_budget_stops_mid_epoch_with_an_annealed_rate():
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
-    sched = TimeBudgetSchedule(minutes=3 / 60, lr=0.1, schedule="cosine", warmup=0.0)
+    sched = TimeBudgetSchedule(minutes=3 / 60, epochs=5, lr=0.1, schedule="cosine", warmup_epochs=0)
     seen = []
     record = keras.callbacks.LambdaCallback(on_train_batch_end=lambda b, logs: seen.append(b))
     history = model.fit(SlowBatches(), epochs=5, callbacks=[sched, record], verbose=0)
