@@ -205,7 +205,14 @@ class YoloConfig(_Section):
         0.5, ge=0, le=1, description="Predictions overlapping a ground truth above this IoU are not penalised as background."
     )
     box_loss: Literal["yolov3", "ciou", "giou"] = Field("ciou", description="Box regression loss.")
-    box_weight: float = Field(5.0, ge=0, description="Weight of the box loss.")
+    box_weight: float = Field(
+        5.0,
+        ge=0,
+        description=(
+            "Weight of the box loss. Default 5: on BCCD in 15 CPU minutes, two seeds each, 10 gave the "
+            "same val AP (0.551 vs 0.553) and val AP75 (0.614 both) (benchmarks/BENCHMARKS.md)."
+        ),
+    )
     obj_weight: float = Field(1.0, ge=0, description="Weight of the objectness loss.")
     cls_weight: float = Field(1.0, ge=0, description="Weight of the classification loss.")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="Class label smoothing.")
