@@ -198,6 +198,14 @@ class YoloConfig(_Section):
     assign_thresh: float = Field(
         0.0, ge=0, le=1, description="Also assign a box to every other anchor whose shape IoU exceeds this (0: best only)."
     )
+    neighbour_cells: bool = Field(
+        False,
+        description=(
+            "Also assign every box to the two neighbouring cells nearest its centre (YOLOv5's rule: "
+            "up to 3x the positives); the centre offsets then decode over (-0.5, 1.5) cells so those "
+            "cells can reach it."
+        ),
+    )
     max_boxes: int = Field(
         100, ge=1, description="Most ground-truth boxes per image given to the training targets (extra ones are counted and dropped)."
     )

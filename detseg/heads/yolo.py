@@ -74,8 +74,10 @@ class YoloDetector(DecodedPredictions, keras.Model):
             head, 3 YOLOv3's.
         assign_thresh: besides its best anchor, a box also trains every anchor whose shape
             IoU with it exceeds this (0: best only); `max_boxes`: most boxes per image the
-            targets hold. Both configure `make_target_encoder()`, so a saved model says how
-            it was trained.
+            targets hold; `neighbour_cells`: a box also trains the two neighbouring cells
+            nearest its centre (YOLOv5), which needs `scale_xy` >= 2 so those cells can reach
+            it. All three configure `make_target_encoder()`, so a saved model says how it was
+            trained.
         ignore_thresh, box_loss, box_weight, obj_weight, cls_weight, label_smoothing,
             objectness_target: the loss (`yolo_loss`); box_loss is one of "yolov3", "ciou",
             "giou", objectness_target "one" or "iou".
@@ -95,6 +97,7 @@ class YoloDetector(DecodedPredictions, keras.Model):
         depth: int = 1,
         assign_thresh: float = 0.0,
         max_boxes: int = 100,
+        neighbour_cells: bool = False,
         ignore_thresh: float = 0.5,
         box_loss: str = "ciou",
         box_weight: float = 5.0,
@@ -140,6 +143,11 @@ class YoloDetector(DecodedPredictions, keras.Model):
                 f"need 0 <= assign_thresh <= 1 and max_boxes >= 1; got "
                 f"assign_thresh={assign_thresh}, max_boxes={max_boxes}"
             )
+        if neighbour_cells and scale_xy < 2.0:
+            raise DetsegError(
+                f"neighbour_cells needs scale_xy >= 2 (centre offsets that reach the next cell), "
+                f"got scale_xy={scale_xy}"
+            )
         input_size = input_shape[0]
         anchors = check_anchors(anchors, len(levels), anchors_per_level)
         outputs_per_anchor = 5 + num_classes
@@ -182,6 +190,7 @@ class YoloDetector(DecodedPredictions, keras.Model):
         self.depth = int(depth)
         self.assign_thresh = float(assign_thresh)
         self.max_boxes = int(max_boxes)
+        self.neighbour_cells = bool(neighbour_cells)
         self.ignore_thresh = float(ignore_thresh)
         self.box_loss = box_loss
         self.box_weight = float(box_weight)
@@ -267,6 +276,7 @@ class YoloDetector(DecodedPredictions, keras.Model):
             anchors_per_level=self.anchors_per_level,
             assign_thresh=self.assign_thresh,
             max_boxes=self.max_boxes,
+            neighbour_cells=self.neighbour_cells,
         )
 
     # === Inference ===
@@ -305,6 +315,7 @@ class YoloDetector(DecodedPredictions, keras.Model):
             "depth": self.depth,
             "assign_thresh": self.assign_thresh,
             "max_boxes": self.max_boxes,
+            "neighbour_cells": self.neighbour_cells,
             "ignore_thresh": self.ignore_thresh,
             "box_loss": self.box_loss,
             "box_weight": self.box_weight,
@@ -371,6 +382,9 @@ def build_yolo(
         depth=yolo.depth,
         assign_thresh=yolo.assign_thresh,
         max_boxes=yolo.max_boxes,
+        neighbour_cells=yolo.neighbour_cells,
+        # Offsets in (-0.5, 1.5) cells, so a neighbouring cell can reach the centre.
+        scale_xy=2.0 if yolo.neighbour_cells else DEFAULT_SCALE_XY,
         ignore_thresh=yolo.ignore_thresh,
         box_loss=yolo.box_loss,
         box_weight=yolo.box_weight,

@@ -3,8 +3,12 @@
 The data loader calls one `YoloTargetEncoder` once per batch. Every ground-truth box goes to
 the anchor whose shape (w, h, centred) overlaps it best, at that anchor's pyramid level and at
 the grid cell holding the box centre; with `assign_thresh > 0` it also goes to every other
-anchor whose shape IoU exceeds the threshold. The work is vectorised over all boxes of the
-batch: the only Python loop runs over pyramid levels.
+anchor whose shape IoU exceeds the threshold. With `neighbour_cells` (YOLOv5's rule) each of
+those anchors also trains at the two neighbouring cells nearest the centre, one across the
+nearer vertical cell border and one across the nearer horizontal one (where they lie inside
+the grid): up to three times the positives, which the model can only fit when its centre
+offsets reach into the next cell (`scale_xy` >= 2). The work is vectorised over all boxes of
+the batch: the only Python loop runs over pyramid levels.
 
 Target layout for a batch of B images, input side S, level `Pk` (stride s = 2**k, grid
 G = S / s) with A anchors per level:
@@ -68,6 +72,26 @@ def _shape_iou(wh: np.ndarray, anchors: np.ndarray) -> np.ndarray:
     return inter / union
 
 
+def _with_neighbour_cells(box_idx, anchor_idx, level_idx, grids, cell, centre_in_cells):
+    """Add, for every assignment, the neighbouring cell across the nearer vertical border and the
+    one across the nearer horizontal border, where it lies inside the grid (YOLOv5's rule).
+
+    `centre_in_cells` [N, 2] is the box centre in grid units of the assignment's level. A centre
+    exactly mid-cell has no nearer border on that axis and gains no cell there: from either
+    neighbour it would sit at the very end of the decodable range. Returns the five arrays extended.
+    """
+    step = np.sign(centre_in_cells - cell - 0.5).astype(np.int64)
+    rows, cells = [np.arange(len(cell))], [cell]
+    for axis in (0, 1):
+        moved = cell.copy()
+        moved[:, axis] += step[:, axis]
+        inside = (step[:, axis] != 0) & (moved[:, axis] >= 0) & (moved[:, axis] < grids)
+        rows.append(np.nonzero(inside)[0])
+        cells.append(moved[inside])
+    rows = np.concatenate(rows)
+    return box_idx[rows], anchor_idx[rows], level_idx[rows], grids[rows], np.concatenate(cells)
+
+
 class YoloTargetEncoder:
     """Encode a batch of ground-truth boxes into dense YOLOv3 targets (see the module doc).
 
@@ -78,6 +102,8 @@ class YoloTargetEncoder:
         num_classes: labels must lie in 0..num_classes-1 (`PAD_LABEL` rows are skipped).
         anchors_per_level: A, anchors per grid cell.
         assign_thresh: also assign a box to every anchor whose shape IoU exceeds this (0: best only).
+        neighbour_cells: also assign each (box, anchor) pair to the two neighbouring cells nearest
+            the box centre (see the module doc).
         max_boxes: M, rows of `gt_boxes`; boxes beyond it still get targets but are left out
             of the ignore rule (counted in `stats["truncated"]`).
 
@@ -95,6 +121,7 @@ class YoloTargetEncoder:
         anchors_per_level: int = 3,
         assign_thresh: float = 0.0,
         max_boxes: int = 100,
+        neighbour_cells: bool = False,
     ):
         self.strides = tuple(int(s) for s in strides)
         if not self.strides or any(s <= 0 or input_size % s for s in self.strides):
@@ -112,6 +139,7 @@ class YoloTargetEncoder:
         self.anchors_per_level = int(anchors_per_level)
         self.assign_thresh = float(assign_thresh)
         self.max_boxes = int(max_boxes)
+        self.neighbour_cells = bool(neighbour_cells)
         self.levels = tuple(f"P{s.bit_length() - 1}" for s in self.strides)
         self.stats = {"boxes": 0, "degenerate": 0, "truncated": 0, "collisions": 0}
         self._lock = threading.Lock()
@@ -174,6 +202,10 @@ class YoloTargetEncoder:
         cell = np.clip(
             np.floor(centre / strides[:, None]).astype(np.int64), 0, (grids - 1)[:, None]
         )
+        if self.neighbour_cells:
+            box_idx, anchor_idx, level_idx, grids, cell = _with_neighbour_cells(
+                box_idx, anchor_idx, level_idx, grids, cell, centre / strides[:, None]
+            )
         key = ((level_idx * batch + image[box_idx]) * grids + cell[:, 1]) * grids + cell[:, 0]
         key = key * num_anchors + anchor_idx % num_anchors
         area = wh[box_idx, 0] * wh[box_idx, 1]

@@ -59,10 +59,14 @@ def sort_detections(boxes, scores, labels):
     return boxes[order], scores[order], labels[order]
 
 
-@pytest.mark.parametrize("assign_thresh", [0.0, 0.3])
-def test_encode_then_decode_with_perfect_logits_reproduces_the_boxes(assign_thresh):
-    # With assign_thresh 0.3 a box goes to several anchors: NMS must merge the copies back to one.
-    model = small_detector(iou_thr=0.5, assign_thresh=assign_thresh)
+@pytest.mark.parametrize(
+    "assignment",
+    [{}, {"assign_thresh": 0.3}, {"assign_thresh": 0.3, "neighbour_cells": True, "scale_xy": 2.0}],
+)
+def test_encode_then_decode_with_perfect_logits_reproduces_the_boxes(assignment):
+    # With assign_thresh 0.3 a box goes to several anchors, with neighbour_cells to up to three
+    # cells each (whose centre offsets must reach it): NMS must merge the copies back to one.
+    model = small_detector(iou_thr=0.5, **assignment)
     targets = model.make_target_encoder()(BOXES, LABELS)
     raw = perfect_logits(targets, model)
     graph = to_numpy(model.postprocess(raw))
@@ -177,6 +181,12 @@ def test_build_yolo_from_a_config_on_darknet_tiny():
     out = to_numpy(model(np.zeros((1, 64, 64, 3), np.float32)))
     assert {k: v.shape for k, v in out.items()} == {"P4": (1, 4, 4, 3, 7), "P5": (1, 2, 2, 3, 7)}
     assert model.level_anchors["P4"].tolist() == [[6, 6], [10, 12], [14, 10]]
+    assert (model.neighbour_cells, model.scale_xy) == (False, 1.1)
+    cfg = cfg.model_copy(update={"yolo": cfg.yolo.model_copy(update={"neighbour_cells": True})})
+    model = build_yolo(cfg, 2, anchors, backbone=model.backbone)
+    assert (model.neighbour_cells, model.scale_xy) == (True, 2.0)
+    assert model.make_target_encoder().neighbour_cells
+    assert YoloDetector.from_config(model.get_config()).neighbour_cells
 
 
 def test_bad_arguments_name_what_was_received():
@@ -188,6 +198,8 @@ def test_bad_arguments_name_what_was_received():
         YoloDetector(tiny_backbone(None), 3, ANCHORS_64)
     with pytest.raises(DetsegError, match="box_loss='iou'"):
         YoloDetector(tiny_backbone(64), 3, ANCHORS_64, box_loss="iou")
+    with pytest.raises(DetsegError, match="neighbour_cells needs scale_xy >= 2.*got scale_xy=1.1"):
+        YoloDetector(tiny_backbone(64), 3, ANCHORS_64, neighbour_cells=True)
 
 
 def test_detector_rejects_what_it_cannot_run(overfit_run):

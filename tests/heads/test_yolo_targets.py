@@ -84,6 +84,27 @@ def test_assign_thresh_adds_other_anchors_above_it():
     ]
 
 
+def test_neighbour_cells_add_the_cells_across_the_nearer_borders():
+    # Three 4 x 4 boxes (best anchor 4x4 = P3 anchor 0), one per image, stride 8:
+    # - centre (13, 22): cell (x 1, y 2), in-cell position (0.625, 0.75) -> right (2, 2), down (1, 3);
+    # - centre (2, 2): cell (0, 0) at (0.25, 0.25) -> left and up lie outside the grid;
+    # - centre (4, 11): cell (0, 1) at (0.5, 0.375) -> mid-cell in x gains nothing, up (0, 0).
+    boxes = [np.array([[11, 20, 15, 24]], np.float32), np.array([[0, 0, 4, 4]], np.float32)]
+    boxes.append(np.array([[2, 9, 6, 13]], np.float32))
+    labels = [np.array([0]), np.array([1]), np.array([2])]
+    got = sorted(t[:6] for t in assigned(encoder(neighbour_cells=True)(boxes, labels)))
+    assert got == [
+        ("P3", 0, 2, 1, 0, 0),
+        ("P3", 0, 2, 2, 0, 0),
+        ("P3", 0, 3, 1, 0, 0),
+        ("P3", 1, 0, 0, 0, 1),
+        ("P3", 2, 0, 0, 0, 2),
+        ("P3", 2, 1, 0, 0, 2),
+    ]
+    # Without the option each box trains its centre cell only.
+    assert len(assigned(encoder()(boxes, labels))) == 3
+
+
 def test_collision_keeps_the_smaller_box_and_is_counted():
     # 10x10 and 11x11 boxes both centred in P3 cell (0, 0) with best anchor 12x12.
     enc = encoder()
@@ -127,8 +148,9 @@ def test_anchors_are_sorted_by_area():
     assert check_anchors([[4, 4], [1, 2], [2, 2]], 1, 3).tolist() == [[1, 2], [2, 2], [4, 4]]
 
 
-def slow_encode(boxes, labels, anchors, strides, size, per_level, max_boxes):
-    """One box at a time, biggest first, so a smaller box overwrites a bigger one on a collision."""
+def slow_encode(boxes, labels, anchors, strides, size, per_level, max_boxes, neighbours=False):
+    """One box at a time, biggest first, so a smaller box overwrites a bigger one on a collision;
+    with `neighbours`, also the cells across the nearer border in x and in y (none mid-cell)."""
     anchors = np.asarray(anchors, np.float64)
     out = {}
     for stride in strides:
@@ -152,15 +174,24 @@ def slow_encode(boxes, labels, anchors, strides, size, per_level, max_boxes):
             k = int(np.argmax(ious))
             stride = strides[k // per_level]
             level, grid = f"P{stride.bit_length() - 1}", size // stride
-            gx = min(int((x0 + x1) / 2 // stride), grid - 1)
-            gy = min(int((y0 + y1) / 2 // stride), grid - 1)
-            out[f"{level}_box"][b, gy, gx, k % per_level] = image_boxes[i]
-            out[f"{level}_obj"][b, gy, gx, k % per_level] = 1
-            out[f"{level}_cls"][b, gy, gx, k % per_level] = image_labels[i]
+            cx, cy = (x0 + x1) / 2 / stride, (y0 + y1) / 2 / stride
+            gx, gy = min(int(cx), grid - 1), min(int(cy), grid - 1)
+            cells = [(gx, gy)]
+            if neighbours:
+                if cx - gx != 0.5:
+                    cells.append((gx - 1 if cx - gx < 0.5 else gx + 1, gy))
+                if cy - gy != 0.5:
+                    cells.append((gx, gy - 1 if cy - gy < 0.5 else gy + 1))
+            for x, y in cells:
+                if 0 <= x < grid and 0 <= y < grid:
+                    out[f"{level}_box"][b, y, x, k % per_level] = image_boxes[i]
+                    out[f"{level}_obj"][b, y, x, k % per_level] = 1
+                    out[f"{level}_cls"][b, y, x, k % per_level] = image_labels[i]
     return out
 
 
-def test_vectorised_encoder_matches_a_slow_loop():
+@pytest.mark.parametrize("neighbours", [False, True])
+def test_vectorised_encoder_matches_a_slow_loop(neighbours):
     rng = np.random.default_rng(0)
     boxes, labels = [], []
     for n in (0, 1, 7, 20):
@@ -168,8 +199,9 @@ def test_vectorised_encoder_matches_a_slow_loop():
         wh = rng.uniform(1, 64, (n, 2))
         boxes.append(np.concatenate([xy, np.minimum(xy + wh, 64)], 1).astype(np.float32))
         labels.append(rng.integers(0, 3, n))
-    got = encoder(max_boxes=20)(boxes, labels)
-    want = slow_encode(boxes, labels, check_anchors(ANCHORS_64, 3, 3), STRIDES, 64, 3, 20)
+    got = encoder(max_boxes=20, neighbour_cells=neighbours)(boxes, labels)
+    anchors = check_anchors(ANCHORS_64, 3, 3)
+    want = slow_encode(boxes, labels, anchors, STRIDES, 64, 3, 20, neighbours)
     assert got.keys() == want.keys()
     for key in want:
         np.testing.assert_array_equal(got[key], want[key], err_msg=key)
