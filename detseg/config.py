@@ -203,7 +203,10 @@ class YoloConfig(_Section):
         description=(
             "Also assign every box to the two neighbouring cells nearest its centre (YOLOv5's rule: "
             "up to 3x the positives); the centre offsets then decode over (-0.5, 1.5) cells so those "
-            "cells can reach it."
+            "cells can reach it. On BCCD in 15 CPU minutes, two seeds each, it raised best val AP "
+            "from 0.507 to 0.522 and test AP75 from 0.47 to 0.57 (configs/bccd_yolov3.yaml turns it "
+            "on; benchmarks/BENCHMARKS.md). Default off until the demo and the other detection "
+            "configs are measured with it."
         ),
     )
     max_boxes: int = Field(
@@ -212,7 +215,13 @@ class YoloConfig(_Section):
     ignore_thresh: float = Field(
         0.5, ge=0, le=1, description="Predictions overlapping a ground truth above this IoU are not penalised as background."
     )
-    box_loss: Literal["yolov3", "ciou", "giou"] = Field("ciou", description="Box regression loss.")
+    box_loss: Literal["yolov3", "ciou", "giou"] = Field(
+        "ciou",
+        description=(
+            "Box regression loss. Default ciou: on BCCD in 15 CPU minutes, two seeds each, giou gave "
+            "best val AP 0.500 against 0.507 (benchmarks/BENCHMARKS.md)."
+        ),
+    )
     box_weight: float = Field(
         5.0,
         ge=0,
