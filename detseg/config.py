@@ -230,6 +230,15 @@ class YoloConfig(_Section):
             "same val AP (0.551 vs 0.553) and val AP75 (0.614 both) (benchmarks/BENCHMARKS.md)."
         ),
     )
+    box_bins: int = Field(
+        0,
+        ge=0,
+        description=(
+            "0: YOLOv3's box offsets. R >= 2: a distribution-focal box head (GFL, YOLOv8): each side's "
+            "distance from the cell centre is a softmax over R bins spread over 0..2 anchor sizes, "
+            "trained with the distribution focal loss next to the IoU loss (box_loss ciou or giou)."
+        ),
+    )
     obj_weight: float = Field(1.0, ge=0, description="Weight of the objectness loss.")
     cls_weight: float = Field(1.0, ge=0, description="Weight of the classification loss.")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="Class label smoothing.")
@@ -242,6 +251,15 @@ class YoloConfig(_Section):
             "same val AP (0.535 vs 0.536) and test AP (0.516 vs 0.515) (benchmarks/BENCHMARKS.md)."
         ),
     )
+
+    @model_validator(mode="after")
+    def _box_bins_need_an_iou_loss(self) -> YoloConfig:
+        if self.box_bins == 1 or (self.box_bins and self.box_loss == "yolov3"):
+            raise ValueError(
+                f"model.yolo.box_bins must be 0 or >= 2 and needs box_loss ciou or giou; got "
+                f"box_bins={self.box_bins}, box_loss={self.box_loss!r}"
+            )
+        return self
 
 
 # Keys of other sections, in groups, for the `unused` lists of the model kinds below.

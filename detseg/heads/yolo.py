@@ -2,7 +2,8 @@
 
 `YoloDetector` sits on any backbone whose outputs are a dict of levels `{"P3": ..., ...}`.
 From the coarsest level down, each neck stage runs alternating 1x1 / 3x3 convs, predicts its level
-through a 3x3 conv and a 1x1 output conv of `anchors_per_level * (5 + num_classes)` channels,
+through a 3x3 conv and a 1x1 output conv of `anchors_per_level * (5 + num_classes)` channels
+(4 box offsets, objectness, classes; 4 x `box_bins` box channels for a distribution-focal head),
 and hands a 1x1-reduced, upsampled copy of its features to the next finer level, where it is
 concatenated with the backbone's features (YOLOv3's FPN-like path).
 
@@ -24,7 +25,13 @@ from keras import ops
 from detseg.distribute import cross_replica_sum, replicas_in_sync
 from detseg.errors import DetsegError
 from detseg.heads.decoded import DecodedPredictions
-from detseg.heads.yolo_decode import DEFAULT_SCALE_XY, decode_candidates, nms_padded
+from detseg.heads.yolo_decode import (
+    DEFAULT_SCALE_XY,
+    MAX_SIDE_ANCHORS,
+    box_channels,
+    decode_candidates,
+    nms_padded,
+)
 from detseg.heads.yolo_loss import BOX_LOSSES, OBJECTNESS_TARGETS, yolo_loss_terms
 from detseg.heads.yolo_targets import YoloTargetEncoder, check_anchors, level_stride
 from detseg.layers.conv import conv_bn_act
@@ -84,6 +91,10 @@ class YoloDetector(DecodedPredictions, keras.Model):
         score_thr, iou_thr, max_det, agnostic_nms: post-processing of `predict()`.
         pre_nms_topk: (box, class) candidates kept for NMS.
         scale_xy: grid-sensitivity factor of the centre offsets (`yolo_decode`).
+        box_bins: 0 for YOLOv3's box offsets, or R >= 2: each side a distribution over R bins
+            trained with the distribution focal loss (`yolo_decode`, `yolo_loss`; IoU box
+            losses only). Its sides are distances from the cell centre, so its target encoder
+            keeps only cells whose centre lies inside the box (`centre_inside`).
     """
 
     def __init__(
@@ -111,6 +122,7 @@ class YoloDetector(DecodedPredictions, keras.Model):
         agnostic_nms: bool = False,
         pre_nms_topk: int = 1000,
         scale_xy: float = DEFAULT_SCALE_XY,
+        box_bins: int = 0,
         **kwargs,
     ):
         # === Layers ===
@@ -148,9 +160,14 @@ class YoloDetector(DecodedPredictions, keras.Model):
                 f"neighbour_cells needs scale_xy >= 2 (centre offsets that reach the next cell), "
                 f"got scale_xy={scale_xy}"
             )
+        if box_bins == 1 or box_bins < 0 or (box_bins and box_loss == "yolov3"):
+            raise DetsegError(
+                f"box_bins must be 0 or >= 2, and needs an IoU box loss (ciou, giou); got "
+                f"box_bins={box_bins}, box_loss={box_loss!r}"
+            )
         input_size = input_shape[0]
         anchors = check_anchors(anchors, len(levels), anchors_per_level)
-        outputs_per_anchor = 5 + num_classes
+        outputs_per_anchor = box_channels(box_bins) + 1 + num_classes
 
         # === Functional Model ===
         images = keras.Input(shape=input_shape, name="images")
@@ -204,6 +221,7 @@ class YoloDetector(DecodedPredictions, keras.Model):
         self.agnostic_nms = bool(agnostic_nms)
         self.pre_nms_topk = int(pre_nms_topk)
         self.scale_xy = float(scale_xy)
+        self.box_bins = int(box_bins)
         self.input_size = int(input_size)
         self.strides = {level: level_stride(level) for level in self.levels}
         self.level_anchors = {
@@ -216,14 +234,23 @@ class YoloDetector(DecodedPredictions, keras.Model):
         self._init_output_biases()
 
     def _init_output_biases(self) -> None:
-        """Start objectness at a low prior (a few objects per level) and classes at 1/C."""
+        """Start objectness at a low prior (a few objects per level), classes at 1/C, and a
+        distribution-focal head's sides peaked (one bin wide) at half the anchor: each anchor
+        starts at its own box on the cell centre, as YOLOv3's offsets do at zero."""
         class_prior = min(0.5, 1.0 / self.num_classes)
+        box = box_channels(self.box_bins)
+        box_bias = np.zeros(box, np.float32)
+        if self.box_bins:
+            half_anchor = 0.5 / MAX_SIDE_ANCHORS * (self.box_bins - 1)
+            side = -0.5 * (np.arange(self.box_bins, dtype=np.float32) - half_anchor) ** 2
+            box_bias = np.tile(side, 4)
         for level in self.levels:
             grid = self.input_size // self.strides[level]
             obj_prior = min(0.5, _PRIOR_OBJECTS_PER_LEVEL / (grid * grid * self.anchors_per_level))
-            bias = np.zeros((self.anchors_per_level, 5 + self.num_classes), np.float32)
-            bias[:, 4] = _logit(obj_prior)
-            bias[:, 5:] = _logit(class_prior)
+            bias = np.zeros((self.anchors_per_level, box + 1 + self.num_classes), np.float32)
+            bias[:, :box] = box_bias
+            bias[:, box] = _logit(obj_prior)
+            bias[:, box + 1 :] = _logit(class_prior)
             self.get_layer(f"{level}_pred").bias.assign(bias.reshape(-1))
 
     # === Training ===
@@ -246,6 +273,7 @@ class YoloDetector(DecodedPredictions, keras.Model):
             label_smoothing=self.label_smoothing,
             scale_xy=self.scale_xy,
             objectness_target=self.objectness_target,
+            box_bins=self.box_bins,
         )
         image_weight = (
             1.0 if sample_weight is None else ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
@@ -277,6 +305,7 @@ class YoloDetector(DecodedPredictions, keras.Model):
             assign_thresh=self.assign_thresh,
             max_boxes=self.max_boxes,
             neighbour_cells=self.neighbour_cells,
+            centre_inside=self.box_bins > 0,
         )
 
     # === Inference ===
@@ -291,6 +320,7 @@ class YoloDetector(DecodedPredictions, keras.Model):
             input_size=self.input_size,
             topk=self.pre_nms_topk,
             scale_xy=self.scale_xy,
+            box_bins=self.box_bins,
         )
 
     def postprocess(self, outputs: dict) -> dict:
@@ -329,6 +359,7 @@ class YoloDetector(DecodedPredictions, keras.Model):
             "agnostic_nms": self.agnostic_nms,
             "pre_nms_topk": self.pre_nms_topk,
             "scale_xy": self.scale_xy,
+            "box_bins": self.box_bins,
         }
 
     @classmethod
@@ -392,5 +423,6 @@ def build_yolo(
         cls_weight=yolo.cls_weight,
         label_smoothing=yolo.label_smoothing,
         objectness_target=yolo.objectness_target,
+        box_bins=yolo.box_bins,
         **post,
     )

@@ -8,6 +8,13 @@ A prediction at cell (gx, gy) with anchor (aw, ah) decodes to, in input pixels,
 
 `scale_xy` > 1 (YOLOv4's grid-sensitivity fix; we use 1.1) lets a centre reach the cell
 borders with finite logits, so boxes centred on a border are learnt as easily as others.
+
+With `box_bins` = R > 0 (a distribution-focal box head, as in GFL and YOLOv8) the four box
+channels become 4 x R: for each side (left, top, right, bottom) a softmax over R bins whose
+expectation is the side's distance from the cell centre, the bins spread evenly over
+0..`MAX_SIDE_ANCHORS` anchor widths (left, right) or heights (top, bottom). Binned in anchor
+units, each anchor keeps its prior: an anchor predicts boxes of its own scale, with the same
+relative precision at every level. The layout is then [B, G, G, A, 4R + 1 + C].
 Scores are objectness x class probability, one candidate per (box, class) pair ("multi-label"),
 so a box unsure between two classes keeps both for the mAP.
 
@@ -29,16 +36,25 @@ from detseg.boxes import iou_ops
 __all__ = [
     "DEFAULT_SCALE_XY",
     "MAX_LOG_SCALE",
+    "MAX_SIDE_ANCHORS",
+    "bin_widths",
+    "box_channels",
+    "cell_centres",
     "cell_grid",
     "decode_candidates",
     "decode_level",
     "nms_padded",
+    "per_side",
+    "side_distributions",
+    "split_raw",
 ]
 
 # Grid-sensitivity factor of the centre offsets (YOLOv4's scale_x_y).
 DEFAULT_SCALE_XY = 1.1
 # Size logits are clipped to +/- this before exp: at most e^6 ~ 400x an anchor, never overflow.
 MAX_LOG_SCALE = 6.0
+# With box_bins, the farthest a side can lie from the cell centre, in anchor sizes.
+MAX_SIDE_ANCHORS = 2.0
 
 
 def cell_grid(grid_h: int, grid_w: int):
@@ -47,15 +63,60 @@ def cell_grid(grid_h: int, grid_w: int):
     return ops.stack([gx, gy], axis=-1)[:, :, None, :]
 
 
-def decode_level(raw, anchors: np.ndarray, stride: int, scale_xy: float = DEFAULT_SCALE_XY):
-    """Boxes [B, G, G, A, 4] xyxy in input pixels from one level's raw output [B, G, G, A, 5+C].
+def cell_centres(grid_h: int, grid_w: int, stride: int):
+    """Cell centres [G_h, G_w, 1, 2] (x, y) in input pixels."""
+    return (cell_grid(grid_h, grid_w) + 0.5) * float(stride)
 
-    `anchors` [A, 2] (w, h) in input pixels.
+
+def box_channels(box_bins: int) -> int:
+    """Box channels of one anchor's output: 4 offsets, or 4 distributions of `box_bins`."""
+    return 4 * box_bins if box_bins else 4
+
+
+def split_raw(raw, box_bins: int = 0):
+    """(box logits, objectness logit, class logits) of a raw output [..., box + 1 + C]."""
+    n = box_channels(box_bins)
+    return raw[..., :n], raw[..., n], raw[..., n + 1 :]
+
+
+def bin_widths(anchors: np.ndarray, box_bins: int) -> np.ndarray:
+    """Pixels per bin of each anchor's sides [A, 4] (left, top, right, bottom)."""
+    anchors = np.asarray(anchors, np.float32)
+    return np.tile(anchors, 2) * (MAX_SIDE_ANCHORS / (box_bins - 1))
+
+
+def side_distributions(box_logits, box_bins: int):
+    """Box logits [B, G, G, A, 4R] -> every side's bin logits [B * G * G * A * 4, R] (flat:
+    TensorFlow's softmax takes at most 5 dimensions)."""
+    return ops.reshape(box_logits, (-1, box_bins))
+
+
+def per_side(flat, box_logits):
+    """One value per side [B * G * G * A * 4] -> [B, G, G, A, 4], the shape of `box_logits`'s."""
+    return ops.reshape(flat, (-1, *box_logits.shape[1:-1], 4))
+
+
+def decode_level(
+    raw, anchors: np.ndarray, stride: int, scale_xy: float = DEFAULT_SCALE_XY, box_bins: int = 0
+):
+    """Boxes [B, G, G, A, 4] xyxy in input pixels from one level's raw output.
+
+    `anchors` [A, 2] (w, h) in input pixels; `box_bins` as in `split_raw` (module doc).
     """
+    box_logits = split_raw(raw, box_bins)[0]
+    if box_bins:
+        bins = ops.arange(box_bins, dtype="float32")
+        probs = ops.softmax(side_distributions(box_logits, box_bins))
+        expected = per_side(ops.sum(probs * bins, axis=-1), box_logits)
+        sides = expected * ops.convert_to_tensor(bin_widths(anchors, box_bins))
+        centre = cell_centres(raw.shape[1], raw.shape[2], stride)
+        return ops.concatenate([centre - sides[..., :2], centre + sides[..., 2:]], axis=-1)
     grid = cell_grid(raw.shape[1], raw.shape[2])
-    centre = (ops.sigmoid(raw[..., 0:2]) * scale_xy - (scale_xy - 1.0) / 2.0 + grid) * float(stride)
+    centre = (
+        ops.sigmoid(box_logits[..., 0:2]) * scale_xy - (scale_xy - 1.0) / 2.0 + grid
+    ) * float(stride)
     size = ops.convert_to_tensor(anchors, "float32") * ops.exp(
-        ops.clip(raw[..., 2:4], -MAX_LOG_SCALE, MAX_LOG_SCALE)
+        ops.clip(box_logits[..., 2:4], -MAX_LOG_SCALE, MAX_LOG_SCALE)
     )
     return ops.concatenate([centre - size / 2.0, centre + size / 2.0], axis=-1)
 
@@ -69,10 +130,12 @@ def decode_candidates(
     input_size: int,
     topk: int,
     scale_xy: float = DEFAULT_SCALE_XY,
+    box_bins: int = 0,
 ):
     """The `topk` best (box, class) candidates of a batch, sorted by score.
 
-    `outputs[level]` [B, G, G, A, 5+C] raw logits; `anchors[level]` [A, 2]; `strides[level]`.
+    `outputs[level]` raw logits [B, G, G, A, box + 1 + C] (`split_raw`); `anchors[level]` [A, 2];
+    `strides[level]`.
     Returns boxes [B, K, 4] xyxy input pixels clipped to the input square, scores [B, K],
     labels [B, K] int32, with K = min(topk, number of (box, class) pairs).
     """
@@ -82,10 +145,12 @@ def decode_candidates(
         per_image = math.prod(raw.shape[1:4])
         boxes.append(
             ops.reshape(
-                decode_level(raw, anchors[level], strides[level], scale_xy), (-1, per_image, 4)
+                decode_level(raw, anchors[level], strides[level], scale_xy, box_bins),
+                (-1, per_image, 4),
             )
         )
-        prob = ops.sigmoid(raw[..., 4:5]) * ops.sigmoid(raw[..., 5:])
+        _, obj, cls = split_raw(raw, box_bins)
+        prob = ops.sigmoid(obj[..., None]) * ops.sigmoid(cls)
         scores.append(ops.reshape(prob, (-1, per_image * num_classes)))
     boxes = ops.concatenate(boxes, axis=1)
     scores = ops.concatenate(scores, axis=1)  # [B, N * C], index = box * C + class

@@ -7,8 +7,12 @@ anchor whose shape IoU exceeds the threshold. With `neighbour_cells` (YOLOv5's r
 those anchors also trains at the two neighbouring cells nearest the centre, one across the
 nearer vertical cell border and one across the nearer horizontal one (where they lie inside
 the grid): up to three times the positives, which the model can only fit when its centre
-offsets reach into the next cell (`scale_xy` >= 2). The work is vectorised over all boxes of
-the batch: the only Python loop runs over pyramid levels.
+offsets reach into the next cell (`scale_xy` >= 2). With `centre_inside` (for a
+distribution-focal head, whose box sides are distances from the cell centre and so cannot reach
+a box that misses the centre) an assignment is kept only where the cell's centre lies inside
+the box, except each box's best anchor at the cell holding its centre, so that every box keeps
+a positive. The work is vectorised over all boxes of the batch: the only Python loop runs over
+pyramid levels.
 
 Target layout for a batch of B images, input side S, level `Pk` (stride s = 2**k, grid
 G = S / s) with A anchors per level:
@@ -72,13 +76,14 @@ def _shape_iou(wh: np.ndarray, anchors: np.ndarray) -> np.ndarray:
     return inter / union
 
 
-def _with_neighbour_cells(box_idx, anchor_idx, level_idx, grids, cell, centre_in_cells):
+def _with_neighbour_cells(grids, cell, centre_in_cells):
     """Add, for every assignment, the neighbouring cell across the nearer vertical border and the
     one across the nearer horizontal border, where it lies inside the grid (YOLOv5's rule).
 
     `centre_in_cells` [N, 2] is the box centre in grid units of the assignment's level. A centre
     exactly mid-cell has no nearer border on that axis and gains no cell there: from either
-    neighbour it would sit at the very end of the decodable range. Returns the five arrays extended.
+    neighbour it would sit at the very end of the decodable range. Returns the assignment each
+    row extends (the N originals first) and the rows' cells.
     """
     step = np.sign(centre_in_cells - cell - 0.5).astype(np.int64)
     rows, cells = [np.arange(len(cell))], [cell]
@@ -88,8 +93,7 @@ def _with_neighbour_cells(box_idx, anchor_idx, level_idx, grids, cell, centre_in
         inside = (step[:, axis] != 0) & (moved[:, axis] >= 0) & (moved[:, axis] < grids)
         rows.append(np.nonzero(inside)[0])
         cells.append(moved[inside])
-    rows = np.concatenate(rows)
-    return box_idx[rows], anchor_idx[rows], level_idx[rows], grids[rows], np.concatenate(cells)
+    return np.concatenate(rows), np.concatenate(cells)
 
 
 class YoloTargetEncoder:
@@ -104,6 +108,8 @@ class YoloTargetEncoder:
         assign_thresh: also assign a box to every anchor whose shape IoU exceeds this (0: best only).
         neighbour_cells: also assign each (box, anchor) pair to the two neighbouring cells nearest
             the box centre (see the module doc).
+        centre_inside: keep only assignments whose cell centre lies inside the box, besides
+            each box's best anchor at its own cell (see the module doc).
         max_boxes: M, rows of `gt_boxes`; boxes beyond it still get targets but are left out
             of the ignore rule (counted in `stats["truncated"]`).
 
@@ -122,6 +128,7 @@ class YoloTargetEncoder:
         assign_thresh: float = 0.0,
         max_boxes: int = 100,
         neighbour_cells: bool = False,
+        centre_inside: bool = False,
     ):
         self.strides = tuple(int(s) for s in strides)
         if not self.strides or any(s <= 0 or input_size % s for s in self.strides):
@@ -140,6 +147,7 @@ class YoloTargetEncoder:
         self.assign_thresh = float(assign_thresh)
         self.max_boxes = int(max_boxes)
         self.neighbour_cells = bool(neighbour_cells)
+        self.centre_inside = bool(centre_inside)
         self.levels = tuple(f"P{s.bit_length() - 1}" for s in self.strides)
         self.stats = {"boxes": 0, "degenerate": 0, "truncated": 0, "collisions": 0}
         self._lock = threading.Lock()
@@ -191,7 +199,8 @@ class YoloTargetEncoder:
         num_anchors = self.anchors_per_level
         iou = _shape_iou(wh, self.anchors)
         chosen = iou > self.assign_thresh if self.assign_thresh > 0 else np.zeros(iou.shape, bool)
-        chosen[np.arange(len(iou)), np.argmax(iou, axis=1) if len(iou) else []] = True
+        best = np.argmax(iou, axis=1) if len(iou) else np.zeros(0, np.int64)
+        chosen[np.arange(len(iou)), best] = True
         box_idx, anchor_idx = np.nonzero(chosen)
         level_idx = anchor_idx // num_anchors
 
@@ -202,9 +211,21 @@ class YoloTargetEncoder:
         cell = np.clip(
             np.floor(centre / strides[:, None]).astype(np.int64), 0, (grids - 1)[:, None]
         )
+        own = anchor_idx == best[box_idx]  # each box's best anchor at its own cell
         if self.neighbour_cells:
-            box_idx, anchor_idx, level_idx, grids, cell = _with_neighbour_cells(
-                box_idx, anchor_idx, level_idx, grids, cell, centre / strides[:, None]
+            rows, cell = _with_neighbour_cells(grids, cell, centre / strides[:, None])
+            own = own[rows] & (np.arange(len(rows)) < len(box_idx))
+            box_idx, anchor_idx, level_idx, grids, strides = (
+                a[rows] for a in (box_idx, anchor_idx, level_idx, grids, strides)
+            )
+        if self.centre_inside:
+            cell_centre = (cell + 0.5) * strides[:, None]
+            inside = np.all(
+                (cell_centre > xyxy[box_idx, :2]) & (cell_centre < xyxy[box_idx, 2:]), axis=1
+            )
+            rows = np.nonzero(inside | own)[0]
+            box_idx, anchor_idx, level_idx, grids, cell = (
+                a[rows] for a in (box_idx, anchor_idx, level_idx, grids, cell)
             )
         key = ((level_idx * batch + image[box_idx]) * grids + cell[:, 1]) * grids + cell[:, 0]
         key = key * num_anchors + anchor_idx % num_anchors

@@ -30,8 +30,8 @@ class OverfitRun:
     labels: list
 
 
-@pytest.fixture(scope="session")
-def overfit_run() -> OverfitRun:
+def train_overfit(**head_options) -> OverfitRun:
+    """The small detector (with `head_options`) trained for 25 epochs of the 8 images."""
     images, boxes, labels = draw_shapes(8, OVERFIT_SIZE, seed=0)
     keras.utils.set_random_seed(0)
     model = YoloDetector(
@@ -43,6 +43,7 @@ def overfit_run() -> OverfitRun:
         score_thr=0.01,
         iou_thr=0.5,
         max_boxes=4,
+        **head_options,
     )
     targets = model.make_target_encoder()(boxes, labels)
     repeat = 8  # 8 steps of the same 8 images per epoch: fewer per-epoch overheads
@@ -51,3 +52,14 @@ def overfit_run() -> OverfitRun:
     compile_built(model, keras.optimizers.AdamW(3e-3, weight_decay=1e-4), steps_per_execution=repeat)
     history = model.fit(x, y, batch_size=8, epochs=25, verbose=0, shuffle=False).history
     return OverfitRun(model, history, images, boxes, labels)
+
+
+@pytest.fixture(scope="session")
+def overfit_run() -> OverfitRun:
+    return train_overfit()
+
+
+@pytest.fixture(scope="session")
+def dfl_overfit_run() -> OverfitRun:
+    """The same with a distribution-focal box head of 8 bins."""
+    return train_overfit(box_bins=8)

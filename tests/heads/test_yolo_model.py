@@ -9,12 +9,13 @@ import cv2
 import keras
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
-from detseg.config import DetectorModelConfig, PredictConfig
+from detseg.config import DetectorModelConfig, PredictConfig, YoloConfig
 from detseg.data.images import letterbox, unletterbox_boxes
 from detseg.errors import DetsegError
 from detseg.heads import Detector, YoloDetector, build_yolo, host_nms
-from detseg.heads.yolo_decode import nms_padded
+from detseg.heads.yolo_decode import decode_level, nms_padded
 from tests.heads.yolo_helpers import ANCHORS_64, perfect_logits, tiny_backbone
 
 
@@ -43,6 +44,21 @@ def test_output_layout_and_bias_priors():
     assert model.level_anchors["P5"].tolist() == [[40, 40], [48, 48], [64, 64]]
 
 
+def test_a_distribution_focal_head_starts_at_its_anchors_on_the_cell_centres():
+    # 16 bins over 0..2 anchor sizes; each side starts peaked at half its anchor (bin 3.75):
+    # the bias alone decodes to every anchor's own box centred on its cell.
+    model = small_detector(box_bins=16)
+    out = to_numpy(model(np.zeros((1, 64, 64, 3), np.float32)))
+    assert out["P3"].shape == (1, 8, 8, 3, 4 * 16 + 1 + 3)
+    bias = keras.ops.convert_to_numpy(model.get_layer("P4_pred").bias).reshape(1, 1, 1, 3, 68)
+    boxes = to_numpy(decode_level(np.tile(bias, (1, 4, 4, 1, 1)), model.level_anchors["P4"], 16, box_bins=16))
+    for gy, gx, a in [(0, 0, 0), (2, 3, 1), (3, 3, 2)]:
+        cx, cy, (w, h) = 16 * gx + 8, 16 * gy + 8, model.level_anchors["P4"][a]
+        np.testing.assert_allclose(boxes[0, gy, gx, a], [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], atol=1e-2)
+    np.testing.assert_allclose(bias[..., 64], math.log((4 / 48) / (1 - 4 / 48)), rtol=1e-6)
+    np.testing.assert_allclose(bias[..., 65:], math.log(0.5), rtol=1e-6)
+
+
 BOXES = [
     np.array(
         [[10, 20, 22, 34], [0, 0, 64, 64], [30.5, 33.25, 47.0, 41.0], [34, 33.25, 50.5, 41]],
@@ -61,11 +77,18 @@ def sort_detections(boxes, scores, labels):
 
 @pytest.mark.parametrize(
     "assignment",
-    [{}, {"assign_thresh": 0.3}, {"assign_thresh": 0.3, "neighbour_cells": True, "scale_xy": 2.0}],
+    [
+        {},
+        {"assign_thresh": 0.3},
+        {"assign_thresh": 0.3, "neighbour_cells": True, "scale_xy": 2.0},
+        {"box_bins": 16},
+        {"assign_thresh": 0.3, "box_bins": 5},
+    ],
 )
 def test_encode_then_decode_with_perfect_logits_reproduces_the_boxes(assignment):
     # With assign_thresh 0.3 a box goes to several anchors, with neighbour_cells to up to three
     # cells each (whose centre offsets must reach it): NMS must merge the copies back to one.
+    # With box_bins each side is a distribution whose expectation is the side's distance.
     model = small_detector(iou_thr=0.5, **assignment)
     targets = model.make_target_encoder()(BOXES, LABELS)
     raw = perfect_logits(targets, model)
@@ -152,7 +175,9 @@ def test_detector_host_path_matches_predict_step(overfit_run):
         )
 
 
-def test_keras_round_trip_gives_identical_detections(overfit_run, tmp_path):
+@pytest.mark.parametrize("run", ["overfit_run", "dfl_overfit_run"])
+def test_keras_round_trip_gives_identical_detections(run, request, tmp_path):
+    overfit_run = request.getfixturevalue(run)
     model = overfit_run.model
     x = overfit_run.images
     model.save(tmp_path / "yolo.keras")
@@ -187,6 +212,9 @@ def test_build_yolo_from_a_config_on_darknet_tiny():
     assert (model.neighbour_cells, model.scale_xy) == (True, 2.0)
     assert model.make_target_encoder().neighbour_cells
     assert YoloDetector.from_config(model.get_config()).neighbour_cells
+    cfg = cfg.model_copy(update={"yolo": cfg.yolo.model_copy(update={"box_bins": 6})})
+    model = build_yolo(cfg, 2, anchors, backbone=model.backbone)
+    assert model.box_bins == 6 and model(np.zeros((1, 64, 64, 3)))["P5"].shape == (1, 2, 2, 3, 27)
 
 
 def test_bad_arguments_name_what_was_received():
@@ -200,6 +228,11 @@ def test_bad_arguments_name_what_was_received():
         YoloDetector(tiny_backbone(64), 3, ANCHORS_64, box_loss="iou")
     with pytest.raises(DetsegError, match="neighbour_cells needs scale_xy >= 2.*got scale_xy=1.1"):
         YoloDetector(tiny_backbone(64), 3, ANCHORS_64, neighbour_cells=True)
+    for bins, loss in [(1, "ciou"), (8, "yolov3")]:
+        with pytest.raises(DetsegError, match=f"box_bins={bins}, box_loss='{loss}'"):
+            YoloDetector(tiny_backbone(64), 3, ANCHORS_64, box_bins=bins, box_loss=loss)
+        with pytest.raises(ValidationError, match=f"box_bins={bins}, box_loss='{loss}'"):
+            YoloConfig(box_bins=bins, box_loss=loss)
 
 
 def test_detector_rejects_what_it_cannot_run(overfit_run):

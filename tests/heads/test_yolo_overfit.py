@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from detseg.heads import Detector
 from tests.heads.yolo_helpers import coco_ap50
 
 
-def test_tiny_detector_overfits_eight_images(overfit_run):
+@pytest.mark.parametrize("run", ["overfit_run", "dfl_overfit_run"])
+def test_tiny_detector_overfits_eight_images(run, request):
+    overfit_run = request.getfixturevalue(run)
     model = overfit_run.model
     found = Detector(model, score_thr=0.01, iou_thr=0.5)(list(overfit_run.images))
     ap50 = coco_ap50(overfit_run.boxes, overfit_run.labels, found, num_classes=3)

@@ -105,6 +105,24 @@ def test_neighbour_cells_add_the_cells_across_the_nearer_borders():
     assert len(assigned(encoder()(boxes, labels))) == 3
 
 
+def test_centre_inside_keeps_the_cells_whose_centre_lies_in_the_box():
+    # Image 0: a 24x16 box [6, 6, 30, 22] -> best anchor 16x16 (P4, stride 16, anchor 0), centre
+    # (18, 14) in cell (x 1, y 0); neighbours left (0, 0) and down (1, 1). Cell centres (24, 8)
+    # and (8, 8) lie inside the box, (24, 24) below it: dropped.
+    # Image 1: the 4x4 box [11, 20, 15, 24] -> P3 cell (1, 2), whose centre (12, 20) lies on the
+    # box's top edge, not inside: kept all the same as the box's best anchor at its own cell;
+    # its neighbours' centres (20, 20) and (12, 28) lie outside: dropped.
+    boxes = [np.array([[6, 6, 30, 22]], np.float32), np.array([[11, 20, 15, 24]], np.float32)]
+    labels = [np.array([0]), np.array([1])]
+    inside = encoder(neighbour_cells=True, centre_inside=True)(boxes, labels)
+    assert sorted(t[:6] for t in assigned(inside)) == [
+        ("P3", 1, 2, 1, 0, 1),
+        ("P4", 0, 0, 0, 0, 0),
+        ("P4", 0, 0, 1, 0, 0),
+    ]
+    assert len(assigned(encoder(neighbour_cells=True)(boxes, labels))) == 6
+
+
 def test_collision_keeps_the_smaller_box_and_is_counted():
     # 10x10 and 11x11 boxes both centred in P3 cell (0, 0) with best anchor 12x12.
     enc = encoder()
@@ -148,9 +166,12 @@ def test_anchors_are_sorted_by_area():
     assert check_anchors([[4, 4], [1, 2], [2, 2]], 1, 3).tolist() == [[1, 2], [2, 2], [4, 4]]
 
 
-def slow_encode(boxes, labels, anchors, strides, size, per_level, max_boxes, neighbours=False):
+def slow_encode(
+    boxes, labels, anchors, strides, size, per_level, max_boxes, neighbours=False, inside=False
+):
     """One box at a time, biggest first, so a smaller box overwrites a bigger one on a collision;
-    with `neighbours`, also the cells across the nearer border in x and in y (none mid-cell)."""
+    with `neighbours`, also the cells across the nearer border in x and in y (none mid-cell);
+    with `inside`, only those of them whose centre lies strictly inside the box."""
     anchors = np.asarray(anchors, np.float64)
     out = {}
     for stride in strides:
@@ -182,6 +203,12 @@ def slow_encode(boxes, labels, anchors, strides, size, per_level, max_boxes, nei
                     cells.append((gx - 1 if cx - gx < 0.5 else gx + 1, gy))
                 if cy - gy != 0.5:
                     cells.append((gx, gy - 1 if cy - gy < 0.5 else gy + 1))
+            if inside:
+                cells = cells[:1] + [
+                    (x, y)
+                    for x, y in cells[1:]
+                    if x0 < (x + 0.5) * stride < x1 and y0 < (y + 0.5) * stride < y1
+                ]
             for x, y in cells:
                 if 0 <= x < grid and 0 <= y < grid:
                     out[f"{level}_box"][b, y, x, k % per_level] = image_boxes[i]
@@ -190,8 +217,8 @@ def slow_encode(boxes, labels, anchors, strides, size, per_level, max_boxes, nei
     return out
 
 
-@pytest.mark.parametrize("neighbours", [False, True])
-def test_vectorised_encoder_matches_a_slow_loop(neighbours):
+@pytest.mark.parametrize(("neighbours", "inside"), [(False, False), (True, False), (True, True)])
+def test_vectorised_encoder_matches_a_slow_loop(neighbours, inside):
     rng = np.random.default_rng(0)
     boxes, labels = [], []
     for n in (0, 1, 7, 20):
@@ -199,9 +226,9 @@ def test_vectorised_encoder_matches_a_slow_loop(neighbours):
         wh = rng.uniform(1, 64, (n, 2))
         boxes.append(np.concatenate([xy, np.minimum(xy + wh, 64)], 1).astype(np.float32))
         labels.append(rng.integers(0, 3, n))
-    got = encoder(max_boxes=20, neighbour_cells=neighbours)(boxes, labels)
+    got = encoder(max_boxes=20, neighbour_cells=neighbours, centre_inside=inside)(boxes, labels)
     anchors = check_anchors(ANCHORS_64, 3, 3)
-    want = slow_encode(boxes, labels, anchors, STRIDES, 64, 3, 20, neighbours)
+    want = slow_encode(boxes, labels, anchors, STRIDES, 64, 3, 20, neighbours, inside)
     assert got.keys() == want.keys()
     for key in want:
         np.testing.assert_array_equal(got[key], want[key], err_msg=key)

@@ -40,28 +40,50 @@ def perfect_logits(targets: dict, model) -> dict[str, np.ndarray]:
 
     Unassigned anchors get objectness and class logits -BIG (score ~ 0); assigned ones get
     objectness +BIG, +BIG for their class, and box logits inverting
-    cx = (s * sigmoid(tx) - (s - 1) / 2 + gx) * stride and w = anchor_w * exp(tw).
+    cx = (s * sigmoid(tx) - (s - 1) / 2 + gx) * stride and w = anchor_w * exp(tw), or with
+    `model.box_bins` the distribution of each side on the two bins around its distance.
     """
-    scale = model.scale_xy
+    scale, bins = model.scale_xy, getattr(model, "box_bins", 0)
+    box_size = 4 * bins if bins else 4
     raw = {}
     for level in model.levels:
         box, obj, cls = (targets[f"{level}_{key}"] for key in ("box", "obj", "cls"))
-        out = np.zeros(obj.shape + (5 + model.num_classes,), np.float64)
-        out[..., 4:] = -BIG
+        out = np.zeros(obj.shape + (box_size + 1 + model.num_classes,), np.float64)
+        out[..., box_size:] = -BIG
         b, y, x, a = np.nonzero(obj > 0)
         assigned = box[b, y, x, a].astype(np.float64)
-        offset = (assigned[:, :2] + assigned[:, 2:]) / 2 / model.strides[level] - np.stack(
-            [x, y], -1
-        )
-        prob = (offset + (scale - 1) / 2) / scale
-        out[b, y, x, a, 0:2] = np.log(prob / (1 - prob))
-        out[b, y, x, a, 2:4] = np.log(
-            (assigned[:, 2:] - assigned[:, :2]) / model.level_anchors[level][a]
-        )
-        out[b, y, x, a, 4] = BIG
-        out[b, y, x, a, 5 + cls[b, y, x, a]] = BIG
+        stride, anchors = model.strides[level], model.level_anchors[level][a]
+        if bins:
+            out[b, y, x, a, :box_size] = side_logits(assigned, x, y, stride, anchors, bins)
+        else:
+            offset = (assigned[:, :2] + assigned[:, 2:]) / 2 / stride - np.stack([x, y], -1)
+            prob = (offset + (scale - 1) / 2) / scale
+            out[b, y, x, a, 0:2] = np.log(prob / (1 - prob))
+            out[b, y, x, a, 2:4] = np.log((assigned[:, 2:] - assigned[:, :2]) / anchors)
+        out[b, y, x, a, box_size] = BIG
+        out[b, y, x, a, box_size + 1 + cls[b, y, x, a]] = BIG
         raw[level] = out.astype(np.float32)
     return raw
+
+
+def side_distances(boxes, x, y, stride: int, anchors, bins: int) -> np.ndarray:
+    """Distances [N, 4] (left, top, right, bottom) of boxes from their cells' centres, in bins
+    of 2 anchor sizes / (bins - 1)."""
+    centre = (np.stack([x, y], -1) + 0.5) * stride
+    distance = np.concatenate([centre - boxes[:, :2], boxes[:, 2:] - centre], -1)
+    return distance / (np.tile(anchors, 2) * 2.0 / (bins - 1))
+
+
+def side_logits(boxes, x, y, stride: int, anchors, bins: int) -> np.ndarray:
+    """Logits [N, 4 * bins] putting each side's mass on the two bins around its distance, split
+    so that their expectation is the distance (probability ~1e-30 elsewhere)."""
+    distance = side_distances(boxes, x, y, stride, anchors, bins)
+    assert (distance >= 0).all() and (distance < bins - 1).all(), "box not reachable from its cell"
+    below = np.floor(distance).astype(int)
+    probs = np.full(distance.shape + (bins,), 1e-30)
+    np.put_along_axis(probs, below[..., None], (below + 1 - distance)[..., None] + 1e-30, -1)
+    np.put_along_axis(probs, below[..., None] + 1, (distance - below)[..., None] + 1e-30, -1)
+    return np.log(probs).reshape(len(boxes), 4 * bins)
 
 
 COLOURS = [(230, 40, 40), (40, 200, 60), (50, 80, 230)]
