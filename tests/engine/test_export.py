@@ -41,7 +41,7 @@ SCORE_THR, IOU_THR = 0.3, 0.3
 ANCHORS = [[8, 8], [16, 16], [24, 24], [32, 32], [48, 48], [64, 64]]
 
 
-def tiny_config(agnostic: bool = False):
+def tiny_config(agnostic: bool = False, box_bins: int = 0):
     return config_from_dict(
         {
             "data": {"names": NAMES},
@@ -49,7 +49,12 @@ def tiny_config(agnostic: bool = False):
                 "backbone": "darknet_tiny",
                 "backbone_width": 0.25,
                 "input_size": SIZE,
-                "yolo": {"levels": ["P4", "P5"], "width": 0.25, "anchors": ANCHORS},
+                "yolo": {
+                    "levels": ["P4", "P5"],
+                    "width": 0.25,
+                    "anchors": ANCHORS,
+                    "box_bins": box_bins,
+                },
             },
             "predict": {"score_thr": SCORE_THR, "iou_thr": IOU_THR, "agnostic_nms": agnostic},
         }
@@ -64,7 +69,7 @@ def batch_norms(layer: keras.layers.Layer):
         yield from batch_norms(child)
 
 
-def confident_detector(images: np.ndarray):
+def confident_detector(images: np.ndarray, box_bins: int = 0):
     """An untrained detector whose scores vary strongly with the image.
 
     A fresh network's features shrink layer after layer (BatchNorm still holds mean 0, var 1),
@@ -75,8 +80,9 @@ def confident_detector(images: np.ndarray):
     OpenCV's NMS and the graph NMS ops treat identical empty boxes differently).
     """
     keras.utils.set_random_seed(0)
-    cfg = tiny_config()
+    cfg = tiny_config(box_bins=box_bins)
     model = build_yolo(cfg.model, len(NAMES), ANCHORS, cfg.predict)
+    box = 4 * box_bins or 4  # box channels; objectness then the classes after them
     norms = list(batch_norms(model))
     momenta = [norm.momentum for norm in norms]
     for norm in norms:
@@ -86,11 +92,11 @@ def confident_detector(images: np.ndarray):
         norm.momentum = momentum
     for level in model.levels:
         pred = model.get_layer(f"{level}_pred")
-        scale = np.ones((model.anchors_per_level, 5 + len(NAMES)), np.float32)
-        scale[:, 4:] = 3.0  # objectness and classes; boxes stay near their anchors
+        scale = np.ones((model.anchors_per_level, box + 1 + len(NAMES)), np.float32)
+        scale[:, box:] = 3.0  # objectness and classes; boxes stay near their anchors
         pred.kernel.assign(pred.kernel * scale.reshape(-1))
         bias = np.asarray(pred.bias).reshape(model.anchors_per_level, -1)
-        bias[:, 4], bias[:, 5:] = -2.0, 0.0  # objectness ~0.12 before the image speaks
+        bias[:, box], bias[:, box + 1 :] = -2.0, 0.0  # objectness ~0.12 before the image speaks
         pred.bias.assign(bias.reshape(-1))
     return model
 
@@ -220,6 +226,22 @@ def test_agnostic_export_parity(tmp_path, run_dir, model, images, fmt):
         assert got["num"][i] == n
         np.testing.assert_array_equal(got["labels"][i, :n], found["labels"])
         np.testing.assert_allclose(got["boxes"][i, :n], found["boxes"], rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("fmt", ["tflite", "onnx"])
+def test_distribution_focal_head_export_parity(tmp_path, images, fmt):
+    """A detector whose box sides are softmax distributions (`box_bins`) exports as well."""
+    needs_onnx(fmt)
+    confident_detector(images, box_bins=8).save(tmp_path / "best.keras")
+    dump_config(tiny_config(box_bins=8), tmp_path / "config.yaml")
+    model = keras.saving.load_model(tmp_path / "best.keras")
+    padded = {k: np.asarray(v) for k, v in model.predict_step(images).items()}
+    got = run_artefact(export(tmp_path, fmt), images)
+    assert (padded["num"] > 0).all()
+    np.testing.assert_array_equal(got["num"], padded["num"])
+    np.testing.assert_array_equal(got["labels"], padded["labels"])
+    np.testing.assert_allclose(got["boxes"], padded["boxes"], rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(got["scores"], padded["scores"], rtol=1e-4, atol=1e-5)
 
 
 def test_metadata_records_names_size_and_thresholds(exports):
