@@ -71,19 +71,9 @@ def raw_loss_terms(
     )
 
 
-def loss_terms(
-    targets,
-    outputs,
-    box_loss="ciou",
-    ignore_thresh=0.5,
-    label_smoothing=0.0,
-    objectness_target="one",
-    box_bins=0,
-):
-    terms = raw_loss_terms(
-        targets, outputs, box_loss, ignore_thresh, label_smoothing, objectness_target, box_bins
-    )
-    return [keras.ops.convert_to_numpy(t) for t in terms]
+def loss_terms(targets, outputs, *args, **kwargs):
+    """`raw_loss_terms` (same arguments) as NumPy arrays."""
+    return [keras.ops.convert_to_numpy(t) for t in raw_loss_terms(targets, outputs, *args, **kwargs)]
 
 
 @pytest.mark.parametrize("box_loss", ["yolov3", "ciou", "giou"])
