@@ -30,6 +30,7 @@ from detseg.engine.exported import open_exported
 from detseg.engine.runs import exported_format, metadata_path
 from detseg.errors import DetsegError
 from detseg.heads.yolo import build_yolo
+from detseg.heads.yolo_decode import box_channels
 from detseg.heads.yolo_infer import Detector, host_nms
 from detseg.tasks.detect import ExportedDetector
 from detseg.tasks.detect_serving import detections_graph, per_image_detections_graph
@@ -82,7 +83,7 @@ def confident_detector(images: np.ndarray, box_bins: int = 0):
     keras.utils.set_random_seed(0)
     cfg = tiny_config(box_bins=box_bins)
     model = build_yolo(cfg.model, len(NAMES), ANCHORS, cfg.predict)
-    box = 4 * box_bins or 4  # box channels; objectness then the classes after them
+    box = box_channels(box_bins)  # objectness then the classes after them
     norms = list(batch_norms(model))
     momenta = [norm.momentum for norm in norms]
     for norm in norms:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from detseg.boxes import box_iou
-from detseg.heads.yolo_decode import DEFAULT_SCALE_XY
+from detseg.heads.yolo_decode import DEFAULT_SCALE_XY, box_channels
 from detseg.heads.yolo_loss import _distribution_focal_loss, yolo_loss_terms
 from detseg.heads.yolo_targets import YoloTargetEncoder, check_anchors
 from tests.heads.yolo_helpers import ANCHORS_64, perfect_logits, side_distances
@@ -39,7 +39,7 @@ def encode(boxes, labels, **kwargs):
 
 def random_logits(batch: int, seed: int, scale: float = 1.0, bins: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    channels = (4 * bins or 4) + 1 + NUM_CLASSES
+    channels = box_channels(bins) + 1 + NUM_CLASSES
     return {
         level: (rng.normal(size=(batch, 64 // s, 64 // s, 3, channels)) * scale).astype(np.float32)
         for level, s in STRIDES.items()
@@ -190,7 +190,7 @@ def slow_loss(targets, outputs, box_loss, ignore_thresh, label_smoothing, object
     batch = targets["gt_boxes"].shape[0]
     box_sum, obj_sum, cls_sum, ignored = np.zeros(batch), np.zeros(batch), np.zeros(batch), 0
     s = DEFAULT_SCALE_XY
-    n = 4 * bins or 4  # box channels; objectness at n, classes after it
+    n = box_channels(bins)  # objectness at n, classes after it
     for b in range(batch):
         gts = targets["gt_boxes"][b][targets["gt_labels"][b] >= 0]
         for level in LEVELS:
@@ -288,7 +288,7 @@ def test_gradients_are_finite_even_for_extreme_logits(box_loss, bins):
     for grad in grads:
         assert np.all(np.isfinite(grad.numpy()))
     # Unassigned anchors get no box or class gradient.
-    n = 4 * bins or 4
+    n = box_channels(bins)
     assert np.all(grads[2].numpy()[1, ..., :n] == 0) and np.all(grads[2].numpy()[1, ..., n + 1 :] == 0)
 
 

@@ -10,6 +10,7 @@ import keras
 import numpy as np
 
 from detseg.backbones.pyramid import image_input
+from detseg.heads.yolo_decode import box_channels
 
 # Nine priors for a 64 px input, smallest first: P3 gets 4..12, P4 16..32, P5 40..64.
 ANCHORS_64 = [[4, 4], [8, 8], [12, 12], [16, 16], [24, 24], [32, 32], [40, 40], [48, 48], [64, 64]]
@@ -44,7 +45,7 @@ def perfect_logits(targets: dict, model) -> dict[str, np.ndarray]:
     `model.box_bins` the distribution of each side on the two bins around its distance.
     """
     scale, bins = model.scale_xy, getattr(model, "box_bins", 0)
-    box_size = 4 * bins if bins else 4
+    box_size = box_channels(bins)
     raw = {}
     for level in model.levels:
         box, obj, cls = (targets[f"{level}_{key}"] for key in ("box", "obj", "cls"))
