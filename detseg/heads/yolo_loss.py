@@ -43,7 +43,7 @@ from detseg.heads.yolo_decode import (
     bin_widths,
     cell_centres,
     cell_grid,
-    decode_level,
+    decode_boxes,
     per_side,
     side_distributions,
     split_raw,
@@ -67,11 +67,11 @@ def _bce(target, logits):
     return ops.maximum(logits, 0.0) - logits * target + ops.log1p(ops.exp(-ops.abs(logits)))
 
 
-def _log_size_error(raw, target_box, anchors):
+def _log_size_error(size_logits, target_box, anchors):
     """Squared error of the size logits against log(size / anchor), per anchor [B, G, G, A]."""
     size = target_box[..., 2:] - target_box[..., :2]
     wh_target = ops.log(size / ops.convert_to_tensor(anchors, "float32"))
-    return ops.sum((raw[..., 2:4] - wh_target) ** 2, axis=-1)
+    return ops.sum((size_logits - wh_target) ** 2, axis=-1)
 
 
 def _distribution_focal_loss(box_logits, target_box, anchors, stride: int, box_bins: int):
@@ -85,23 +85,27 @@ def _distribution_focal_loss(box_logits, target_box, anchors, stride: int, box_b
     below = ops.floor(target)
     upper_share = (target - below)[:, None]
     index = ops.cast(below, "int32")
-    weights = ops.one_hot(index, box_bins) * (1.0 - upper_share) + ops.one_hot(
-        index + 1, box_bins
-    ) * upper_share
+    weights = (
+        ops.one_hot(index, box_bins) * (1.0 - upper_share)
+        + ops.one_hot(index + 1, box_bins) * upper_share
+    )
     log_probs = ops.log_softmax(side_distributions(box_logits, box_bins), axis=-1)
     return -ops.mean(per_side(ops.sum(weights * log_probs, axis=-1), box_logits), axis=-1)
 
 
-def _yolov3_box_loss(raw, target_box, anchors, stride: int, input_size: int, scale_xy: float):
+def _yolov3_box_loss(
+    box_logits, target_box, anchors, stride: int, input_size: int, scale_xy: float
+):
     """YOLOv3's box loss per anchor [B, G, G, A] (target_box already safe where unassigned)."""
+    offset_logits, size_logits = ops.split(box_logits, 2, axis=-1)
     centre = (target_box[..., :2] + target_box[..., 2:]) / 2.0 / float(stride)
-    offset = centre - cell_grid(raw.shape[1], raw.shape[2])
+    offset = centre - cell_grid(box_logits.shape[1], box_logits.shape[2])
     # Invert the decode: sigmoid(t) = (offset + (scale_xy - 1) / 2) / scale_xy.
     xy_target = ops.clip((offset + (scale_xy - 1.0) / 2.0) / scale_xy, 0.0, 1.0)
     size = target_box[..., 2:] - target_box[..., :2]
     small_box_gain = 2.0 - size[..., 0] * size[..., 1] / float(input_size) ** 2
-    xy = ops.sum(_bce(xy_target, raw[..., 0:2]), axis=-1)
-    return (xy + _log_size_error(raw, target_box, anchors)) * small_box_gain
+    xy = ops.sum(_bce(xy_target, offset_logits), axis=-1)
+    return (xy + _log_size_error(size_logits, target_box, anchors)) * small_box_gain
 
 
 def yolo_loss_terms(
@@ -133,7 +137,7 @@ def yolo_loss_terms(
         raw = ops.cast(raw, "float32")
         positive = ops.cast(targets[f"{level}_obj"], "float32")  # [B, G, G, A]
         box_logits, obj_logits, cls_logits = split_raw(raw, box_bins)
-        pred_box = decode_level(raw, anchors[level], strides[level], scale_xy, box_bins)
+        pred_box = decode_boxes(box_logits, anchors[level], strides[level], scale_xy, box_bins)
         target_box = ops.where(
             positive[..., None] > 0, targets[f"{level}_box"], ops.convert_to_tensor(_SAFE_BOX)
         )
@@ -158,7 +162,7 @@ def yolo_loss_terms(
 
         if box_loss == "yolov3":
             per_anchor = _yolov3_box_loss(
-                raw, target_box, anchors[level], strides[level], input_size, scale_xy
+                box_logits, target_box, anchors[level], strides[level], input_size, scale_xy
             )
         else:
             per_anchor = 1.0 - iou_ops(pred_box, target_box, box_loss)
@@ -167,6 +171,8 @@ def yolo_loss_terms(
                     box_logits, target_box, anchors[level], strides[level], box_bins
                 )
             else:
-                per_anchor += LOG_SIZE_WEIGHT * _log_size_error(raw, target_box, anchors[level])
+                per_anchor += LOG_SIZE_WEIGHT * _log_size_error(
+                    box_logits[..., 2:], target_box, anchors[level]
+                )
         box_sum += ops.sum(per_anchor * positive, axis=(1, 2, 3))
     return box_sum, obj_sum, cls_sum
