@@ -230,15 +230,16 @@ def yolo_layout(folder: Path) -> Path:
     return yaml
 
 
-def peer_rows(spec: dict, folder: Path, threads: int) -> list[dict]:
-    """Ultralytics at its default threads and at `threads`, then KerasCV at `threads`."""
+def peer_rows(spec: dict, folder: Path, threads: int, tools: tuple[str, ...]) -> list[dict]:
+    """Of `tools`: Ultralytics at its default threads and at `threads`, KerasCV at `threads`."""
     common = {**spec, "names": NAMES, "score_thr": SCORE_THR, "iou_thr": IOU_THR, "workers": threads,
               "image": str(BCCD / "JPEGImages" / "BloodImage_00001.jpg"), "video_path": str(VIDEO),
               "bccd": str(BCCD), "work": str(folder / "ultralytics"), "data_yaml": str(yolo_layout(folder / "bccd_yolo"))}  # fmt: skip
     rows = []
-    for ultra_threads in (0, threads):
+    for ultra_threads in (0, threads) if "ultralytics" in tools else ():
         rows += run_worker([str(PEERS_PYTHON), "ultralytics_worker.py", "--spec", json.dumps({**common, "threads": ultra_threads})])
-    rows += run_worker([str(PEERS_PYTHON), "kerascv_worker.py", "--spec", json.dumps({**common, "threads": threads})])
+    if "kerascv" in tools:
+        rows += run_worker([str(PEERS_PYTHON), "kerascv_worker.py", "--spec", json.dumps({**common, "threads": threads})])
     return rows
 
 
@@ -261,17 +262,16 @@ def coco_rows(images: int) -> list[dict]:
 PEER_TOOLS = ("ultralytics", "kerascv")
 
 
-def accuracy_rows(minutes: float, folder: Path, peers: bool, threads: int, rescore: bool = False) -> list[dict]:
+def accuracy_rows(minutes: float, folder: Path, tools: tuple[str, ...], threads: int, rescore: bool = False) -> list[dict]:
     """Each tool trains `minutes` on BCCD at 416 px; the test split is scored by detseg's
     evaluator: detseg's run through `detseg evaluate --split test`, its float32 and int8 ONNX
     exports and each peer's detections against the same split written as COCO ground truth.
     Everything stays in `folder` (the trained models, the detections); with `rescore` the
-    training steps are skipped and what an earlier run left there is scored."""
+    training steps are skipped and what an earlier run left there is scored. `tools`: the peers."""
     from detseg.config import load_config
     from detseg.data import load_split
     from detseg.data.coco import write_coco
 
-    tools = PEER_TOOLS if peers else ()
     if rescore:
         left = [folder / "detseg" / "best.keras", *(folder / f"{tool}_test.json" for tool in tools)]
         if missing := [str(path) for path in left if not path.is_file()]:
@@ -375,7 +375,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes and counts (the test)")
     parser.add_argument("--json", help="write every row to this file")
-    parser.add_argument("--peers", choices=["auto", "none"], default="auto", help="auto: when .venv-peers exists")
+    parser.add_argument("--peers", choices=["auto", "none", *PEER_TOOLS], default="auto",
+                        help="auto: every peer when .venv-peers exists; or only the one named")  # fmt: skip
     parser.add_argument("--backends", nargs="+", default=["tensorflow", "jax"], choices=["tensorflow", "jax"])
     parser.add_argument("--sections", nargs="+", default=["speed", "coco"], choices=["speed", "coco", "accuracy"],
                         help="speed: training, inference and video; coco: evaluation time; accuracy: train each tool --minutes on BCCD")  # fmt: skip
@@ -394,7 +395,7 @@ def main() -> None:
         sys.exit(f"bench_peers: {BCCD} not found (the shared data sets)")
     spec = QUICK if args.quick else FULL
     threads = os.cpu_count() or 1
-    peers = args.peers == "auto" and PEERS_PYTHON.exists()
+    peers = () if args.peers == "none" or not PEERS_PYTHON.exists() else PEER_TOOLS if args.peers == "auto" else (args.peers,)
     rows = []
     if "speed" in args.sections:
         for backend in args.backends:
@@ -402,7 +403,7 @@ def main() -> None:
             rows += run_worker(command, env={"KERAS_BACKEND": backend, "PYTHONPATH": str(REPO)})
         if peers:
             with tempfile.TemporaryDirectory() as scratch:
-                rows += peer_rows(spec, Path(scratch), threads)
+                rows += peer_rows(spec, Path(scratch), threads, peers)
     if "coco" in args.sections:
         rows += coco_rows(spec["coco_images"])
     if "accuracy" in args.sections:

@@ -104,7 +104,7 @@ def test_bench_peers_rescore_scores_a_left_run_and_the_peers_detections(tmp_path
 
     bench = _script("bench_peers")
     with pytest.raises(SystemExit, match="--rescore: .*detseg/best.keras, .*ultralytics_test.json, .*kerascv_test.json not found"):
-        bench.accuracy_rows(15, tmp_path, peers=True, threads=2, rescore=True)
+        bench.accuracy_rows(15, tmp_path, bench.PEER_TOOLS, threads=2, rescore=True)
     run = tmp_path / "detseg"
     run.mkdir()
     settings = tiny_config().model_dump(mode="json", exclude_defaults=True)
@@ -112,7 +112,7 @@ def test_bench_peers_rescore_scores_a_left_run_and_the_peers_detections(tmp_path
     dump_config(config_from_dict({**settings, "data": bccd.model_dump(mode="json", exclude_defaults=True)}), run / "config.yaml")
     confident_detector(draw_shapes(4, 64, seed=1)[0]).save(run / "best.keras")
     with pytest.raises(SystemExit, match="--rescore: [^,]*ultralytics_test.json, [^,]*kerascv_test.json not found"):
-        bench.accuracy_rows(15, tmp_path, peers=True, threads=2, rescore=True)
+        bench.accuracy_rows(15, tmp_path, bench.PEER_TOOLS, threads=2, rescore=True)
     assert not (tmp_path / "bccd_test.json").exists()  # refused before any work
 
     test = load_split(bccd, "test")
@@ -122,7 +122,7 @@ def test_bench_peers_rescore_scores_a_left_run_and_the_peers_detections(tmp_path
     wrong = [{**d, "category_id": d["category_id"] % 3 + 1} for d in truth]
     (tmp_path / "ultralytics_test.json").write_text(json.dumps(truth))
     (tmp_path / "kerascv_test.json").write_text(json.dumps(wrong))
-    rows = {r["tool"]: r for r in bench.accuracy_rows(15, tmp_path, peers=True, threads=2, rescore=True)}
+    rows = {r["tool"]: r for r in bench.accuracy_rows(15, tmp_path, bench.PEER_TOOLS, threads=2, rescore=True)}
 
     assert list(rows) == ["detseg", "detseg onnxruntime", "detseg onnxruntime int8", "ultralytics", "kerascv"]
     assert [rows["ultralytics"][k] for k in ("AP", "AP50", "AP75")] == [1.0, 1.0, 1.0]
