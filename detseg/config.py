@@ -199,14 +199,13 @@ class YoloConfig(_Section):
         0.0, ge=0, le=1, description="Also assign a box to every other anchor whose shape IoU exceeds this (0: best only)."
     )
     neighbour_cells: bool = Field(
-        False,
+        True,
         description=(
             "Also assign every box to the two neighbouring cells nearest its centre (YOLOv5's rule: "
             "up to 3x the positives); the centre offsets then decode over (-0.5, 1.5) cells so those "
-            "cells can reach it. On BCCD in 15 CPU minutes, two seeds each, it raised best val AP "
-            "from 0.507 to 0.522 and test AP75 from 0.47 to 0.57 (configs/bccd_yolov3.yaml turns it "
-            "on; benchmarks/BENCHMARKS.md). Default off until the demo and the other detection "
-            "configs are measured with it."
+            "cells can reach it. Default on: on BCCD in 15 CPU minutes, two seeds each, it raised "
+            "best val AP from 0.507 to 0.522 and test AP75 from 0.47 to 0.57; on the 8-minute demo "
+            "val AP from 0.648 to 0.671 (benchmarks/BENCHMARKS.md)."
         ),
     )
     max_boxes: int = Field(
@@ -231,15 +230,15 @@ class YoloConfig(_Section):
         ),
     )
     box_bins: int = Field(
-        0,
+        16,
         ge=0,
         description=(
             "0: YOLOv3's box offsets. R >= 2: a distribution-focal box head (GFL, YOLOv8): each side's "
             "distance from the cell centre is a softmax over R bins spread over 0..2 anchor sizes, "
-            "trained with the distribution focal loss next to the IoU loss (box_loss ciou or giou). On "
-            "BCCD in 15 CPU minutes, two seeds each, 16 bins raised best val AP from 0.554 to 0.589 "
-            "and test AP from 0.539 to 0.575 (configs/bccd_yolov3.yaml uses it; benchmarks/BENCHMARKS.md). "
-            "Default 0 until the demo and the other detection configs are measured with it."
+            "trained with the distribution focal loss next to the IoU loss (box_loss ciou or giou; "
+            "set 0 with yolov3). Default 16: on BCCD in 15 CPU minutes, two seeds each, it raised "
+            "best val AP from 0.554 to 0.589 and test AP from 0.539 to 0.575; on the 8-minute demo "
+            "val AP from 0.648 to 0.731, at the same epochs (benchmarks/BENCHMARKS.md)."
         ),
     )
     obj_weight: float = Field(1.0, ge=0, description="Weight of the objectness loss.")
@@ -259,8 +258,8 @@ class YoloConfig(_Section):
     def _box_bins_need_an_iou_loss(self) -> YoloConfig:
         if self.box_bins == 1 or (self.box_bins and self.box_loss == "yolov3"):
             raise ValueError(
-                f"model.yolo.box_bins must be 0 or >= 2 and needs box_loss ciou or giou; got "
-                f"box_bins={self.box_bins}, box_loss={self.box_loss!r}"
+                f"model.yolo.box_bins must be 0 or >= 2, and 0 with box_loss yolov3 (its bins need "
+                f"an IoU loss, ciou or giou); got box_bins={self.box_bins}, box_loss={self.box_loss!r}"
             )
         return self
 

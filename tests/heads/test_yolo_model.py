@@ -203,15 +203,19 @@ def test_build_yolo_from_a_config_on_darknet_tiny():
     model = build_yolo(cfg, 2, anchors, PredictConfig(score_thr=0.3, agnostic_nms=True))
     assert model.levels == ("P4", "P5") and model.box_loss == "giou" and model.ignore_thresh == 0.6
     assert (model.score_thr, model.iou_thr, model.agnostic_nms) == (0.3, 0.45, True)
-    out = to_numpy(model(np.zeros((1, 64, 64, 3), np.float32)))
-    assert {k: v.shape for k, v in out.items()} == {"P4": (1, 4, 4, 3, 7), "P5": (1, 2, 2, 3, 7)}
     assert model.level_anchors["P4"].tolist() == [[6, 6], [10, 12], [14, 10]]
-    assert (model.neighbour_cells, model.scale_xy) == (False, 1.1)
-    cfg = cfg.model_copy(update={"yolo": cfg.yolo.model_copy(update={"neighbour_cells": True})})
-    model = build_yolo(cfg, 2, anchors, backbone=model.backbone)
-    assert (model.neighbour_cells, model.scale_xy) == (True, 2.0)
+    # The defaults: neighbouring cells (centre offsets over 2 cells) and a 16-bin box head,
+    # 4 x 16 box channels + objectness + 2 classes per anchor.
+    assert (model.neighbour_cells, model.scale_xy, model.box_bins) == (True, 2.0, 16)
     assert model.make_target_encoder().neighbour_cells
     assert YoloDetector.from_config(model.get_config()).neighbour_cells
+    out = to_numpy(model(np.zeros((1, 64, 64, 3), np.float32)))
+    assert {k: v.shape for k, v in out.items()} == {"P4": (1, 4, 4, 3, 67), "P5": (1, 2, 2, 3, 67)}
+    plain = {"neighbour_cells": False, "box_bins": 0}
+    cfg = cfg.model_copy(update={"yolo": cfg.yolo.model_copy(update=plain)})
+    model = build_yolo(cfg, 2, anchors, backbone=model.backbone)
+    assert (model.neighbour_cells, model.scale_xy, model.box_bins) == (False, 1.1, 0)
+    assert model(np.zeros((1, 64, 64, 3)))["P5"].shape == (1, 2, 2, 3, 7)
     cfg = cfg.model_copy(update={"yolo": cfg.yolo.model_copy(update={"box_bins": 6})})
     model = build_yolo(cfg, 2, anchors, backbone=model.backbone)
     assert model.box_bins == 6 and model(np.zeros((1, 64, 64, 3)))["P5"].shape == (1, 2, 2, 3, 27)
