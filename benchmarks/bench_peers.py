@@ -272,6 +272,7 @@ def accuracy_rows(minutes: float, folder: Path, tools: tuple[str, ...], threads:
     from detseg.data import load_split
     from detseg.data.coco import write_coco
 
+    folder = folder.resolve()  # the peers' workers run in benchmarks/peers
     if rescore:
         left = [folder / "detseg" / "best.keras", *(folder / f"{tool}_test.json" for tool in tools)]
         if missing := [str(path) for path in left if not path.is_file()]:
