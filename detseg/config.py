@@ -205,7 +205,8 @@ class YoloConfig(_Section):
             "up to 3x the positives); the centre offsets then decode over (-0.5, 1.5) cells so those "
             "cells can reach it. Default on: on BCCD in 15 CPU minutes, two seeds each, it raised "
             "best val AP from 0.507 to 0.522 and test AP75 from 0.47 to 0.57; on the 8-minute demo "
-            "val AP from 0.648 to 0.671 (benchmarks/BENCHMARKS.md)."
+            "val AP from 0.648 to 0.671 (one seed), and with box_bins 16 from 0.714-0.731 to "
+            "0.732-0.743 (two seeds) (benchmarks/BENCHMARKS.md)."
         ),
     )
     max_boxes: int = Field(
@@ -238,7 +239,7 @@ class YoloConfig(_Section):
             "trained with the distribution focal loss next to the IoU loss (box_loss ciou or giou; "
             "set 0 with yolov3). Default 16: on BCCD in 15 CPU minutes, two seeds each, it raised "
             "best val AP from 0.554 to 0.589 and test AP from 0.539 to 0.575; on the 8-minute demo "
-            "val AP from 0.648 to 0.731, at the same epochs (benchmarks/BENCHMARKS.md)."
+            "val AP from 0.648 to 0.731 in the same 19 epochs (one seed; benchmarks/BENCHMARKS.md)."
         ),
     )
     obj_weight: float = Field(1.0, ge=0, description="Weight of the objectness loss.")
