@@ -171,8 +171,9 @@ def yolo_loss_terms(
                     box_logits, target_box, anchors[level], strides[level], box_bins
                 )
             else:
+                size_logits = ops.split(box_logits, 2, axis=-1)[1]
                 per_anchor += LOG_SIZE_WEIGHT * _log_size_error(
-                    box_logits[..., 2:], target_box, anchors[level]
+                    size_logits, target_box, anchors[level]
                 )
         box_sum += ops.sum(per_anchor * positive, axis=(1, 2, 3))
     return box_sum, obj_sum, cls_sum
