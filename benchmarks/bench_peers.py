@@ -236,8 +236,9 @@ def peer_rows(spec: dict, folder: Path, threads: int, tools: tuple[str, ...]) ->
               "image": str(BCCD / "JPEGImages" / "BloodImage_00001.jpg"), "video_path": str(VIDEO),
               "bccd": str(BCCD), "work": str(folder / "ultralytics"), "data_yaml": str(yolo_layout(folder / "bccd_yolo"))}  # fmt: skip
     rows = []
-    for ultra_threads in (0, threads) if "ultralytics" in tools else ():
-        rows += run_worker([str(PEERS_PYTHON), "ultralytics_worker.py", "--spec", json.dumps({**common, "threads": ultra_threads})])
+    if "ultralytics" in tools:
+        for ultra_threads in (0, threads):
+            rows += run_worker([str(PEERS_PYTHON), "ultralytics_worker.py", "--spec", json.dumps({**common, "threads": ultra_threads})])
     if "kerascv" in tools:
         rows += run_worker([str(PEERS_PYTHON), "kerascv_worker.py", "--spec", json.dumps({**common, "threads": threads})])
     return rows
@@ -396,7 +397,9 @@ def main() -> None:
         sys.exit(f"bench_peers: {BCCD} not found (the shared data sets)")
     spec = QUICK if args.quick else FULL
     threads = os.cpu_count() or 1
-    peers = () if args.peers == "none" or not PEERS_PYTHON.exists() else PEER_TOOLS if args.peers == "auto" else (args.peers,)
+    peers = PEER_TOOLS if args.peers == "auto" else (args.peers,)
+    if args.peers == "none" or not PEERS_PYTHON.exists():
+        peers = ()
     rows = []
     if "speed" in args.sections:
         for backend in args.backends:

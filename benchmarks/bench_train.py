@@ -48,7 +48,7 @@ def main() -> None:
     loader_s = median_seconds(lambda: [loader[i] for i in range(steps)], 1) / steps
     model_s = median_seconds(lambda: [model.train_on_batch(x, y) for x, y in ready], 1) / steps
     clock = BatchClock(batch)
-    ticks = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: clock.tick())
+    ticks = keras.callbacks.LambdaCallback(on_train_batch_end=lambda _step, logs: clock.tick())
     model.fit(loader, epochs=1, steps_per_epoch=steps, shuffle=False, verbose=0, callbacks=[ticks])
     fit_s = batch / clock.images_per_second()
 
