@@ -18,14 +18,25 @@ import argparse
 
 import keras
 import numpy as np
+from keras.utils import PyDataset
 from peers.common import BatchClock
 from timing import median_seconds
 
-from detseg.config import load_config, parse_override
-from detseg.data import load_split, read_image, training_loader
-from detseg.heads import Detector, build_yolo
+from detseg.config import Config, load_config, parse_override
+from detseg.data import Dataset, load_split, read_image, training_loader
+from detseg.heads import Detector, YoloDetector, build_yolo
 from detseg.quiet import start_backend_quietly
 from detseg.tasks.detect import anchor_list, fit_config_anchors
+
+
+def build_detector(cfg: Config) -> tuple[YoloDetector, PyDataset, Dataset]:
+    """The config's detector (anchors fitted on its training split, compiled with AdamW at the
+    config's learning rate), its training loader, and the training split."""
+    train_ds = load_split(cfg.data, "train")
+    anchors = anchor_list(fit_config_anchors(cfg, dataset=train_ds))
+    model = build_yolo(cfg.model, len(train_ds.class_names), anchors, cfg.predict)
+    model.compile(optimizer=keras.optimizers.AdamW(cfg.train.lr))
+    return model, training_loader(cfg, train_ds, model.make_target_encoder()), train_ds
 
 
 def main() -> None:
@@ -36,12 +47,8 @@ def main() -> None:
     args = parser.parse_args()
     start_backend_quietly()
     cfg = load_config(args.config, dict(parse_override(s) for s in args.set))
-    train_ds = load_split(cfg.data, "train")
-    anchors = anchor_list(fit_config_anchors(cfg, dataset=train_ds))
     size, batch = cfg.model.input_size, cfg.train.batch_size
-    model = build_yolo(cfg.model, len(train_ds.class_names), anchors, cfg.predict)
-    model.compile(optimizer=keras.optimizers.AdamW(cfg.train.lr))
-    loader = training_loader(cfg, train_ds, model.make_target_encoder())
+    model, loader, train_ds = build_detector(cfg)
     steps = min(args.steps, len(loader))
     ready = [loader[i] for i in range(steps)]
 
