@@ -1,7 +1,7 @@
 """Training-step speed of detector config variants, interleaved in one process (paired figures).
 
 Each variant is a comma-separated list of `key=value` overrides of `--config` ("" for the config
-as it is). Every variant gets its own model, compiled as `detseg train` compiles it, and its own
+as it is). Every variant gets its own model (compiled as `bench_train.py` compiles it) and its own
 ready batches from the training loader; after 3 warm-up steps each, the timed rounds run one
 `train_on_batch` of every variant in turn. A machine that slows down or speeds up during the run
 then slows every variant alike, so the ratios to the first variant hold where separate runs

@@ -239,7 +239,11 @@ class YoloConfig(_Section):
             "trained with the distribution focal loss next to the IoU loss (box_loss ciou or giou; "
             "set 0 with yolov3). Default 16: on BCCD in 15 CPU minutes, two seeds each, it raised "
             "best val AP from 0.554 to 0.589 and test AP from 0.539 to 0.575; on the 8-minute demo "
-            "val AP from 0.648 to 0.731 in the same 19 epochs (one seed; benchmarks/BENCHMARKS.md)."
+            "val AP from 0.648 to 0.731 in the same 19 epochs (one seed). Its cost grows with the "
+            "anchors: on BCCD at 416 px (P3-P5) the training step is 0.90x that without bins, so "
+            "configs/bccd_yolov3.yaml takes 4 (1.00x; best val AP 0.569-0.572 against 0.585); "
+            "on the demo (P4-P5 at 320 px) 16 bins alone cost no epoch time "
+            "(benchmarks/BENCHMARKS.md)."
         ),
     )
     obj_weight: float = Field(1.0, ge=0, description="Weight of the objectness loss.")
