@@ -49,13 +49,13 @@ def main() -> None:
             start = time.perf_counter()
             model.train_on_batch(*ready[step % len(ready)])
             times.append(time.perf_counter() - start)
-    first = float(np.median(seconds[0])) / len(batches[0][0][0])
+    steps = [float(np.median(times)) for times in seconds]
+    rates = [len(ready[0][0]) / step for ready, step in zip(batches, steps, strict=True)]
     print(f"{args.config}: {args.rounds} interleaved rounds, median step of each variant")
-    for variant, model, ready, times in zip(args.variants, models, batches, seconds, strict=True):
-        step, images = float(np.median(times)), len(ready[0][0])
+    for variant, model, step, rate in zip(args.variants, models, steps, rates, strict=True):
         print(
             f"  {variant or '(as configured)':50s} {gflops(model):5.2f} GFLOPs  {step * 1000:6.0f} ms"
-            f"  {images / step:6.2f} img/s  {first * images / step:.3f}x"
+            f"  {rate:6.2f} img/s  {rate / rates[0]:.3f}x"
         )
 
 
